@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 
 from websockify.errors import HandshakeError
 from websockify.protocol import hixie, rfc6455
@@ -83,3 +84,20 @@ def accept(request: UpgradeRequest, body: bytes, options: HandshakeOptions) -> U
             headers=(("Sec-WebSocket-Version", rfc6455.SUPPORTED_VERSIONS_HEADER),),
         )
     return hixie.accept(request, body, options)
+
+
+def error_response(error: HandshakeError) -> bytes:
+    """The complete HTTP response refusing an upgrade: status, reason text, close."""
+    try:
+        phrase = HTTPStatus(error.status).phrase
+    except ValueError:
+        phrase = "Error"
+    body = f"{error.reason}\n".encode()
+    lines = [
+        f"HTTP/1.1 {error.status} {phrase}",
+        "Content-Type: text/plain; charset=utf-8",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name}: {value}" for name, value in error.headers),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace") + body

@@ -1,0 +1,249 @@
+"""The command line, compatible with upstream websockify's, turned into Settings.
+
+Nothing else in websockify reads ``sys.argv``.  Option names and positional forms
+are upstream's (people have them in scripts and systemd units); options we do not
+implement are absent rather than silently ignored.  A wrong command line gets one
+line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from websockify import __version__
+from websockify.errors import ConfigError, WebsockifyError
+from websockify.settings import (
+    MIB,
+    InheritedSocket,
+    Limits,
+    Listen,
+    Settings,
+    Target,
+    TcpAddress,
+    UnixAddress,
+    WrapSettings,
+)
+
+logger = logging.getLogger("websockify")
+
+USAGE = """
+    websockify [options] [source_addr:]source_port target_addr:target_port
+    websockify [options] --unix-target=FILE [source_addr:]source_port
+    websockify [options] [source_addr:]source_port -- WRAP_COMMAND_LINE"""
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, not the whole usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="websockify", usage=USAGE,
+                     description="Relay WebSocket clients to a TCP or unix-socket target.")
+    add = parser.add_argument
+    add("--version", action="version", version=f"websockify {__version__}")
+    add("-v", "--verbose", action="store_true", help="verbose messages")
+    add("--log-file", metavar="FILE", help="also write the log to FILE")
+    add("--run-once", action="store_true", help="handle a single WebSocket connection and exit")
+    add("--timeout", type=_seconds, default=0.0, metavar="SECONDS",
+        help="after SECONDS stop accepting and exit when no connection is left")
+    add("--idle-timeout", type=_seconds, default=0.0, metavar="SECONDS",
+        help="exit after SECONDS without any active connection")
+    add("--heartbeat", type=_seconds, default=0.0, metavar="INTERVAL",
+        help="ping clients every INTERVAL seconds; close those that don't answer")
+    add("--unix-listen", metavar="FILE", help="listen on a unix socket instead of a port")
+    add("--unix-listen-mode", type=_octal_mode, metavar="MODE",
+        help="permissions of the --unix-listen socket, octal (default 600)")
+    add("--unix-target", metavar="FILE", help="relay to a unix socket")
+    add("--inetd", action="store_true",
+        help="inetd mode: the listening socket is passed as standard input")
+    add("-6", "--prefer-ipv6", action="store_true", help="prefer IPv6 when resolving source_addr")
+    add("--web", metavar="DIR", help="serve static files from DIR on the same port")
+    add("--file-only", action="store_true", help="no directory listings for --web")
+    add("--no-hixie", action="store_true",
+        help="refuse the Hixie-75/76 WebSocket drafts (RFC 6455 only)")
+    limits = Limits()
+    add("--handshake-timeout", type=_seconds, default=limits.handshake_timeout,
+        metavar="SECONDS", help="drop clients that take longer to send their request "
+        f"(default {limits.handshake_timeout:g})")
+    add("--max-connections", type=_positive_int, default=limits.max_connections, metavar="N",
+        help=f"answer 503 beyond N simultaneous connections (default {limits.max_connections})")
+    add("--max-message-size", type=_positive_int, default=limits.max_message_size,
+        metavar="BYTES", help="close with 1009 on larger client messages "
+        f"(default {limits.max_message_size // MIB} MiB)")
+    add("--connect-timeout", type=_seconds, default=limits.connect_timeout, metavar="SECONDS",
+        help="how long a client waits for its target (and a wrapped program) "
+        f"(default {limits.connect_timeout:g})")
+    add("--wrap-mode", choices=("exit", "ignore", "respawn"), default="exit",
+        help="when the wrapped program exits: exit (default), ignore, respawn")
+    add("--wrap-port", type=_port, metavar="PORT",
+        help="the wrapped program's port to relay to (default: its first listener)")
+    add("--rebind", metavar="FILE", help="rebind.so to preload into the wrapped program")
+    add("addresses", nargs="*", help=argparse.SUPPRESS)
+    return parser
+
+
+def parse(argv: Sequence[str]) -> Settings:
+    """Settings from a command line (without the program name); exits 2 on errors."""
+    argv = list(argv)
+    wrap_command: list[str] = []
+    if "--" in argv:
+        split = argv.index("--")
+        argv, wrap_command = argv[:split], argv[split + 1:]
+    parser = build_parser()
+    opts = parser.parse_args(argv)
+    try:
+        return _settings(opts, wrap_command)
+    except ConfigError as error:
+        parser.error(str(error))
+
+
+def _settings(opts: argparse.Namespace, wrap_command: list[str]) -> Settings:
+    positional = list(opts.addresses)
+    listen = _listen(opts, positional)
+    if wrap_command or opts.unix_target:
+        target: Target | None = UnixAddress(opts.unix_target) if opts.unix_target else None
+        if wrap_command and opts.unix_target:
+            raise ConfigError("--unix-target and a wrapped program exclude each other")
+    elif not positional:
+        raise ConfigError("missing target_addr:target_port")
+    else:
+        target = _tcp_address(positional.pop(0), "target", need_host=True)
+    if positional:
+        raise ConfigError(f"unexpected argument {positional[0]!r}")
+    if opts.unix_listen_mode is not None and not opts.unix_listen:
+        raise ConfigError("--unix-listen-mode needs --unix-listen")
+    if opts.file_only and not opts.web:
+        raise ConfigError("--file-only needs --web")
+    web = Path(opts.web).resolve() if opts.web else None
+    if web is not None and not web.is_dir():
+        raise ConfigError(f"--web {opts.web}: not a directory")
+    if not wrap_command and (opts.wrap_port is not None or opts.rebind):
+        raise ConfigError("--wrap-port and --rebind need a wrapped program (-- COMMAND)")
+    wrap = None
+    if wrap_command:
+        wrap = WrapSettings(tuple(wrap_command), mode=opts.wrap_mode,
+                            program_port=opts.wrap_port, rebind_path=opts.rebind)
+    return Settings(
+        listen=listen,
+        target=target,
+        wrap=wrap,
+        unix_listen_mode=opts.unix_listen_mode if opts.unix_listen_mode is not None else 0o600,
+        prefer_ipv6=opts.prefer_ipv6,
+        web=web,
+        file_only=opts.file_only,
+        heartbeat=opts.heartbeat,
+        run_once=opts.run_once,
+        timeout=opts.timeout,
+        idle_timeout=opts.idle_timeout,
+        allow_hixie=not opts.no_hixie,
+        verbose=opts.verbose,
+        log_file=opts.log_file,
+        limits=Limits(
+            handshake_timeout=opts.handshake_timeout,
+            max_connections=opts.max_connections,
+            max_message_size=opts.max_message_size,
+            connect_timeout=opts.connect_timeout,
+        ),
+    )
+
+
+def _listen(opts: argparse.Namespace, positional: list[str]) -> Listen:
+    if opts.inetd and opts.unix_listen:
+        raise ConfigError("--inetd and --unix-listen exclude each other")
+    if opts.inetd:
+        return InheritedSocket(sys.stdin.fileno())
+    if opts.unix_listen:
+        return UnixAddress(opts.unix_listen)
+    if not positional:
+        raise ConfigError("missing [source_addr:]source_port")
+    return _tcp_address(positional.pop(0), "source", need_host=False)
+
+
+def _tcp_address(text: str, what: str, need_host: bool) -> TcpAddress:
+    """Parse ``host:port``, ``[v6]:port`` or (for the source) a bare ``port``."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep:
+        if need_host:
+            raise ConfigError(f"{what} {text!r}: expected host:port")
+        host, port_text = "", text
+    host = host.strip("[]") if host.startswith("[") else host
+    if need_host and not host:
+        raise ConfigError(f"{what} {text!r}: missing host")
+    if ":" in host and not text.startswith("["):
+        raise ConfigError(f"{what} {text!r}: put IPv6 addresses in brackets, e.g. [::1]:5900")
+    try:
+        port = _port(port_text)
+    except argparse.ArgumentTypeError as exc:
+        raise ConfigError(f"{what} {text!r}: {exc}") from None
+    return TcpAddress(host, port)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
+
+
+def _octal_mode(text: str) -> int:
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid octal mode {text!r}") from None
+    if not 0 <= mode <= 0o7777:
+        raise argparse.ArgumentTypeError(f"invalid octal mode {text!r}")
+    return mode
+
+
+def setup_logging(verbose: bool, log_file: str | None) -> None:
+    """Log to stderr (and --log-file); -v shows debug lines."""
+    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format=LOG_FORMAT, handlers=handlers, force=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The ``websockify`` command; returns the exit status."""
+    settings = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        setup_logging(settings.verbose, settings.log_file)
+    except OSError as exc:
+        sys.stderr.write(f"websockify: error: --log-file: {exc.strerror or exc}\n")
+        return 2
+    from websockify import server
+
+    try:
+        return server.run(settings)
+    except ConfigError as error:
+        logger.error("%s", error)
+        return 2
+    except WebsockifyError as error:
+        logger.error("%s", error)
+        return 1

@@ -1,0 +1,125 @@
+"""gevent's WSGI request handler, taught our WebSocket handshake.
+
+gevent's pywsgi parses the HTTP request (with its limits on line length and
+header count).  For an upgrade request we answer the handshake ourselves (RFC 6455
+13/8/7 and the Hixie drafts; gevent-websocket knows only RFC 6455 and would
+unmask every byte in Python), then hand the application a
+:class:`~websockify.relay.ClientConnection` in ``environ['wsgi.websocket']`` —
+the key gevent-websocket made the convention — and let it run the relay.
+
+Every other request goes to the application as plain WSGI.
+"""
+
+from __future__ import annotations
+
+import http.client
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from gevent.pywsgi import WSGIHandler
+
+from websockify.errors import HandshakeError
+from websockify.protocol import handshake
+from websockify.relay import ClientConnection
+
+logger = logging.getLogger(__name__)
+
+class UpgradeHandler(WSGIHandler):  # type: ignore[misc]
+    """One client connection: HTTP requests, or one WebSocket upgrade then the relay."""
+
+    def handle(self) -> None:
+        # The whole request phase is bounded: a client that sends half a request and
+        # stalls is dropped when a read waits longer than the handshake timeout.
+        self.socket.settimeout(self.server.handshake_timeout)
+        super().handle()
+
+    def read_request(self, raw_requestline: str) -> bool:
+        try:
+            return bool(super().read_request(raw_requestline))
+        except http.client.HTTPException as exc:
+            # e.g. "got more than 100 headers": the client's fault, answered 400
+            # (gevent would print a traceback for anything but ValueError).
+            raise ValueError(f"bad request headers: {exc}") from None
+
+    def run_application(self) -> None:
+        headers = _lower_case_headers(self.headers)
+        if not handshake.is_upgrade(headers):
+            super().run_application()
+            return
+        self.close_connection = True
+        connection = self._upgrade(headers)
+        if connection is None:
+            return
+        self.environ["wsgi.websocket"] = connection
+        self.environ["wsgi.websocket_version"] = connection.version
+        result = self.application(self.environ, _no_response)
+        close = getattr(result, "close", None)
+        if close is not None:
+            close()
+
+    def _upgrade(self, headers: Mapping[str, str]) -> ClientConnection | None:
+        """Answer the handshake; returns the connection, or None once refused."""
+        request = handshake.UpgradeRequest(
+            method=self.command,
+            path=self.path,
+            headers=headers,
+            secure=self.environ.get("wsgi.url_scheme") == "https",
+        )
+        peer = _peer_name(self.client_address)
+        try:
+            body = self.rfile.read(handshake.body_length(request))
+            upgrade = handshake.accept(request, body, self.server.handshake_options)
+        except HandshakeError as error:
+            logger.info("%s: handshake refused (%d): %s", peer, error.status, error.reason)
+            self._set_logged_status(f"{error.status} Refused", 0)
+            self.socket.sendall(handshake.error_response(error))
+            return None
+        self.socket.sendall(upgrade.response)
+        self._set_logged_status("101 Switching Protocols", len(upgrade.response))
+        leftover = self._take_buffered_input()
+        self.socket.settimeout(None)
+        logger.info("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,
+                    upgrade.codec.subprotocol or "none")
+        return ClientConnection(self.socket, upgrade.codec, leftover, peer, upgrade.version)
+
+    def _take_buffered_input(self) -> bytes:
+        """Bytes the HTTP reader already buffered past the handshake, without blocking.
+
+        A client may send its first frames together with the handshake; they sit in
+        ``rfile``'s buffer, not in the socket, and would be lost to the relay.
+        """
+        self.socket.settimeout(0.0)
+        try:
+            data = self.rfile.read1(1 << 16) or b""
+        except OSError:
+            data = b""
+        self.rfile.close()
+        return bytes(data)
+
+    def _set_logged_status(self, status: str, length: int) -> None:
+        """Make gevent's access log show what we answered outside start_response."""
+        self._orig_status = status
+        self.status = status.encode("latin-1")
+        self.response_length = length
+
+
+def _no_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
+    """start_response for an upgraded connection: the response was the handshake."""
+    raise RuntimeError("the WebSocket handshake has already been answered")
+
+
+def _lower_case_headers(message: Any) -> dict[str, str]:
+    """Header names lower-cased; repeated headers joined with ", " (RFC 9110 5.3)."""
+    headers: dict[str, str] = {}
+    for name, value in message.items():
+        key = name.lower()
+        headers[key] = f"{headers[key]}, {value}" if key in headers else value
+    return headers
+
+
+def _peer_name(address: Any) -> str:
+    if isinstance(address, tuple) and len(address) >= 2:
+        host, port = address[0], address[1]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return str(address) or "unix"

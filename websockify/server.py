@@ -1,0 +1,221 @@
+"""The running server: gevent's WSGI server with our handler, and its lifecycle.
+
+``run(settings)`` opens the listener, starts the wrapped program if any, serves
+until a reason to stop arrives (a signal, --run-once, --timeout, --idle-timeout,
+the wrapped program's exit), then shuts down in order: stop accepting, Close 1001
+to every client, close targets, stop the wrapped program.  It returns the exit
+status.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import resource
+import signal
+import time
+from typing import Any
+
+import gevent
+from gevent import socket
+from gevent.event import AsyncResult
+from gevent.pywsgi import LoggingLogAdapter, WSGIServer
+
+from websockify import listeners, target
+from websockify.app import ConnectTarget, WebsockifyApp
+from websockify.handler import UpgradeHandler
+from websockify.protocol.handshake import HandshakeOptions
+from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
+
+logger = logging.getLogger(__name__)
+
+#: Seconds given to open connections to finish their closing handshake on shutdown.
+SHUTDOWN_GRACE = 3.0
+#: File descriptors kept aside for the listener, logs and the wrapped program.
+RESERVED_FDS = 64
+
+_SERVICE_UNAVAILABLE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+    b"Content-Length: 35\r\nConnection: close\r\n\r\n"
+    b"503 Too many connections, try later"
+)
+
+
+class WebsockifyServer(WSGIServer):  # type: ignore[misc]
+    """gevent's WSGIServer with the upgrade handler and a connection limit."""
+
+    handler_class = UpgradeHandler
+
+    def __init__(self, listener: socket.socket, app: WebsockifyApp, settings: Settings) -> None:
+        super().__init__(
+            listener, app,
+            log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.DEBUG),
+            error_log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.INFO),
+        )
+        limits = settings.limits
+        self.handshake_timeout = limits.handshake_timeout
+        self.handshake_options = HandshakeOptions(
+            max_message_size=limits.max_message_size, allow_hixie=settings.allow_hixie,
+        )
+        self.max_connections = limits.max_connections
+        self.active_connections = 0
+        self.last_active = time.monotonic()
+
+    def handle(self, sock: socket.socket, address: Any) -> None:
+        if self.active_connections >= self.max_connections:
+            logger.warning("refusing a connection: --max-connections %d reached",
+                           self.max_connections)
+            with contextlib.suppress(OSError):
+                sock.sendall(_SERVICE_UNAVAILABLE)
+            sock.close()
+            return
+        self.active_connections += 1
+        try:
+            super().handle(sock, address)
+        finally:
+            self.active_connections -= 1
+            self.last_active = time.monotonic()
+
+
+def run(settings: Settings) -> int:
+    """Serve until told to stop; returns the process exit status."""
+    settings = _fit_connection_limit(settings)
+    limits = settings.limits
+    listener = listeners.open_listener(
+        settings.listen, prefer_ipv6=settings.prefer_ipv6, unix_mode=settings.unix_listen_mode,
+    )
+    stopped: AsyncResult = AsyncResult()
+    program = _start_program(settings, listener, stopped)
+    app = WebsockifyApp(
+        _target_opener(settings, program, limits.connect_timeout),
+        heartbeat=settings.heartbeat,
+        static=_static_files(settings),
+        on_relay_end=(lambda: stopped.set(0)) if settings.run_once else None,
+    )
+    server = WebsockifyServer(listener, app, settings)
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        gevent.signal_handler(signum, _on_signal, signum, stopped)
+    server.start()
+    logger.info("listening on %s", listeners.describe(listener))
+    if settings.target is not None:
+        logger.info("relaying WebSocket connections to %s", settings.target)
+    watchers = _start_exit_watchers(settings, server, stopped)
+    try:
+        status: int = stopped.get()
+    finally:
+        for watcher in watchers:
+            watcher.kill(block=False)
+        _shut_down(server, app, program, settings)
+    return status
+
+
+def _on_signal(signum: int, stopped: AsyncResult) -> None:
+    if not stopped.ready():
+        logger.info("%s received, shutting down", signal.Signals(signum).name)
+        stopped.set(0)
+
+
+def _shut_down(server: WebsockifyServer, app: WebsockifyApp, program: Any,
+               settings: Settings) -> None:
+    """Stop accepting, Close 1001 to every client, wait briefly, stop the program."""
+    server.close()
+    closing = app.close_all(1001, "server shutting down")
+    gevent.joinall(closing, timeout=SHUTDOWN_GRACE)
+    server.stop(timeout=1.0)
+    if program is not None:
+        program.stop()
+    if isinstance(settings.listen, UnixAddress):
+        with contextlib.suppress(OSError):
+            os.unlink(settings.listen.path)
+
+
+def _start_exit_watchers(settings: Settings, server: WebsockifyServer,
+                         stopped: AsyncResult) -> list[gevent.Greenlet]:
+    watchers = []
+    if settings.timeout:
+        watchers.append(gevent.spawn(_stop_after_timeout, settings.timeout, server, stopped))
+    if settings.idle_timeout:
+        watchers.append(gevent.spawn(_stop_when_idle, settings.idle_timeout, server, stopped))
+    return watchers
+
+
+def _stop_after_timeout(seconds: float, server: WebsockifyServer, stopped: AsyncResult) -> None:
+    """--timeout: after ``seconds`` stop accepting; exit once no connection remains."""
+    gevent.sleep(seconds)
+    logger.info("--timeout %gs reached: no new connections", seconds)
+    server.close()
+    while server.active_connections:
+        gevent.sleep(0.2)
+    stopped.set(0)
+
+
+def _stop_when_idle(seconds: float, server: WebsockifyServer, stopped: AsyncResult) -> None:
+    """--idle-timeout: exit after ``seconds`` without any active connection."""
+    while True:
+        idle_for = time.monotonic() - server.last_active
+        if not server.active_connections and idle_for >= seconds:
+            logger.info("idle for %gs (--idle-timeout): exiting", seconds)
+            stopped.set(0)
+            return
+        gevent.sleep(min(1.0, max(0.05, seconds - idle_for)))
+
+
+def _target_opener(settings: Settings, program: Any, timeout: float) -> ConnectTarget:
+    """How each connection reaches its target: a fixed address or the wrapped program."""
+    fixed = settings.target
+    if fixed is not None:
+        return lambda environ: target.connect(fixed, timeout)
+
+    def connect_to_program(environ: dict[str, Any]) -> socket.socket:
+        host, port = program.wait_for_target(timeout)
+        return target.connect(TcpAddress(host, port), timeout)
+
+    return connect_to_program
+
+
+def _start_program(settings: Settings, listener: socket.socket, stopped: AsyncResult) -> Any:
+    if settings.wrap is None:
+        return None
+    from websockify.launcher import WrappedProgram
+
+    wrap = settings.wrap
+    own_port = listener.getsockname()[1] if isinstance(settings.listen, TcpAddress) else None
+    program = WrappedProgram(
+        wrap.command, listen_port=own_port, program_port=wrap.program_port,
+        wrap_mode=wrap.mode, rebind_path=wrap.rebind_path, on_exit=stopped.set,
+    )
+    program.start()
+    return program
+
+
+def _static_files(settings: Settings) -> Any:
+    if settings.web is None:
+        return None
+    from websockify.static import StaticFiles
+
+    return StaticFiles(settings.web, file_only=settings.file_only)
+
+
+def _fit_connection_limit(settings: Settings) -> Settings:
+    """Raise the open-files limit as far as allowed; shrink --max-connections to fit it.
+
+    Each connection holds two descriptors (client and target).  Without this a busy
+    server would fail in accept() with EMFILE instead of answering 503.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            wanted = hard if hard != resource.RLIM_INFINITY else 1 << 20
+            resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+            soft = wanted
+    limits = settings.limits
+    fitting = max(1, (soft - RESERVED_FDS) // 2)
+    if limits.max_connections > fitting:
+        explicit = limits.max_connections != Limits().max_connections
+        logger.log(logging.WARNING if explicit else logging.DEBUG,"--max-connections lowered from %d to %d to fit the open-files limit %d",
+                       limits.max_connections, fitting, soft)
+        return dataclasses.replace(
+            settings, limits=dataclasses.replace(limits, max_connections=fitting))
+    return settings

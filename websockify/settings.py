@@ -1,0 +1,93 @@
+"""One immutable object holding everything the command line decided.
+
+``cli.py`` builds it; the server, the application and the relay only read it.
+Keeping it free of behaviour lets the same settings drive the built-in server
+and a WSGI deployment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class TcpAddress:
+    """A TCP host and port; ``host`` "" means every interface."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class UnixAddress:
+    """A unix-domain socket path."""
+
+    path: str
+
+    def __str__(self) -> str:
+        return f"unix:{self.path}"
+
+
+@dataclass(frozen=True, slots=True)
+class InheritedSocket:
+    """A listening socket handed to us as a file descriptor (``--inetd``: stdin)."""
+
+    fd: int
+
+    def __str__(self) -> str:
+        return f"fd {self.fd}"
+
+
+Listen = TcpAddress | UnixAddress | InheritedSocket
+Target = TcpAddress | UnixAddress
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The limits every connection lives under, each with a default a user would pick."""
+
+    #: Seconds a client has to finish its HTTP request (and the Hixie-76 body).
+    handshake_timeout: float = 10.0
+    #: Simultaneous client connections (WebSocket and plain HTTP) before 503.
+    max_connections: int = 10_000
+    #: Largest WebSocket message accepted from a client (close 1009 beyond).
+    max_message_size: int = 16 * MIB
+    #: Seconds a client waits for its target to accept (and a wrapped program to listen).
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class WrapSettings:
+    """The program websockify starts and relays to (``-- COMMAND ARGS``)."""
+
+    command: tuple[str, ...]
+    mode: str = "exit"
+    program_port: int | None = None
+    rebind_path: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything one websockify process needs to run."""
+
+    listen: Listen
+    target: Target | None
+    wrap: WrapSettings | None = None
+    unix_listen_mode: int = 0o600
+    prefer_ipv6: bool = False
+    web: Path | None = None
+    file_only: bool = False
+    heartbeat: float = 0.0
+    run_once: bool = False
+    timeout: float = 0.0
+    idle_timeout: float = 0.0
+    allow_hixie: bool = True
+    verbose: bool = False
+    log_file: str | None = None
+    limits: Limits = field(default_factory=Limits)
