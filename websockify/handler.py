@@ -17,6 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
+import gevent
 from gevent.pywsgi import WSGIHandler
 
 from websockify.errors import HandshakeError
@@ -25,14 +26,36 @@ from websockify.relay import ClientConnection
 
 logger = logging.getLogger(__name__)
 
-class UpgradeHandler(WSGIHandler):  # type: ignore[misc]
+class RequestTimeout(TimeoutError):
+    """The client took longer than the handshake timeout to send its request.
+
+    A socket timeout, so that gevent's request reader treats it as a dead client.
+    """
+
+
+class UpgradeHandler(WSGIHandler):
     """One client connection: HTTP requests, or one WebSocket upgrade then the relay."""
 
+    _deadline: gevent.Timeout | None = None
+
     def handle(self) -> None:
-        # The whole request phase is bounded: a client that sends half a request and
-        # stalls is dropped when a read waits longer than the handshake timeout.
+        # Each read also gets the timeout, so a stalled send of a response is bounded.
         self.socket.settimeout(self.server.handshake_timeout)
-        super().handle()
+        try:
+            super().handle()
+        finally:
+            self._end_request_deadline()
+
+    def read_requestline(self) -> str:
+        # The request, from its first byte to its last header (and the Hixie-76 body),
+        # must arrive within the handshake timeout: a client trickling one byte at a
+        # time is dropped as surely as one that stalls.
+        self._end_request_deadline()
+        self._deadline = gevent.Timeout(
+            self.server.handshake_timeout, RequestTimeout("request timed out"))
+        self._deadline.start()
+        line: str = super().read_requestline()
+        return line
 
     def read_request(self, raw_requestline: str) -> bool:
         try:
@@ -41,14 +64,25 @@ class UpgradeHandler(WSGIHandler):  # type: ignore[misc]
             # e.g. "got more than 100 headers": the client's fault, answered 400
             # (gevent would print a traceback for anything but ValueError).
             raise ValueError(f"bad request headers: {exc}") from None
+        except TimeoutError:
+            raise ValueError("request headers timed out") from None
+
+    def _end_request_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.close()
+            self._deadline = None
 
     def run_application(self) -> None:
         headers = _lower_case_headers(self.headers)
         if not handshake.is_upgrade(headers):
+            self._end_request_deadline()
             super().run_application()
             return
         self.close_connection = True
-        connection = self._upgrade(headers)
+        try:
+            connection = self._upgrade(headers)
+        finally:
+            self._end_request_deadline()
         if connection is None:
             return
         self.environ["wsgi.websocket"] = connection
@@ -68,7 +102,7 @@ class UpgradeHandler(WSGIHandler):  # type: ignore[misc]
         )
         peer = _peer_name(self.client_address)
         try:
-            body = self.rfile.read(handshake.body_length(request))
+            body = self._read_body(handshake.body_length(request))
             upgrade = handshake.accept(request, body, self.server.handshake_options)
         except HandshakeError as error:
             logger.info("%s: handshake refused (%d): %s", peer, error.status, error.reason)
@@ -82,6 +116,17 @@ class UpgradeHandler(WSGIHandler):  # type: ignore[misc]
         logger.info("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,
                     upgrade.codec.subprotocol or "none")
         return ClientConnection(self.socket, upgrade.codec, leftover, peer, upgrade.version)
+
+    def _read_body(self, length: int) -> bytes:
+        """The bytes after the headers that belong to the handshake (Hixie-76's 8)."""
+        if not length:
+            return b""
+        try:
+            body: bytes = self.rfile.read(length)
+        except TimeoutError:
+            raise HandshakeError(
+                f"the {length}-byte handshake body did not arrive in time") from None
+        return body
 
     def _take_buffered_input(self) -> bytes:
         """Bytes the HTTP reader already buffered past the handshake, without blocking.

@@ -43,7 +43,7 @@ _SERVICE_UNAVAILABLE = (
 )
 
 
-class WebsockifyServer(WSGIServer):  # type: ignore[misc]
+class WebsockifyServer(WSGIServer):
     """gevent's WSGIServer with the upgrade handler and a connection limit."""
 
     handler_class = UpgradeHandler
@@ -214,8 +214,9 @@ def _fit_connection_limit(settings: Settings) -> Settings:
     fitting = max(1, (soft - RESERVED_FDS) // 2)
     if limits.max_connections > fitting:
         explicit = limits.max_connections != Limits().max_connections
-        logger.log(logging.WARNING if explicit else logging.DEBUG,"--max-connections lowered from %d to %d to fit the open-files limit %d",
-                       limits.max_connections, fitting, soft)
+        level = logging.WARNING if explicit else logging.DEBUG
+        logger.log(level, "--max-connections lowered from %d to %d to fit the open-files "
+                   "limit %d", limits.max_connections, fitting, soft)
         return dataclasses.replace(
             settings, limits=dataclasses.replace(limits, max_connections=fitting))
     return settings

@@ -29,7 +29,7 @@ def connect(target: Target, timeout: float) -> socket.socket:
             except BaseException:
                 sock.close()
                 raise
-    except stdlib_socket.timeout as exc:
+    except TimeoutError as exc:
         raise TargetError(f"target {target} did not accept within {timeout:g}s") from exc
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
-from typing import Union
 
 #: Anything the socket layer can send without a copy.
-Buffer = Union[bytes, bytearray, memoryview]
+Buffer = bytes | bytearray | memoryview
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +47,7 @@ class Close:
     reason: str = ""
 
 
-Event = Union[Data, Ping, Pong, Close]
+Event = Data | Ping | Pong | Close
 
 
 class Codec(abc.ABC):

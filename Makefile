@@ -1,0 +1,51 @@
+# websockify: one word per job.  `make test` works on a fresh Debian machine:
+# it installs the system packages, the virtualenv and rebind.so, then runs
+# ruff, mypy and the whole test suite.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+# Extra Debian and pip packages of the launcher, the VNC demo and their tests.
+-include mk/launcher.mk
+
+APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES)
+PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES)
+
+.PHONY: test venv system-packages lint typecheck pytest bench clean
+
+test: system-packages venv rebind lint typecheck pytest
+
+venv: $(STAMP)
+
+$(STAMP): setup.py pyproject.toml Makefile $(wildcard mk/*.mk)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]' $(PIP_TEST_PACKAGES)
+	touch $@
+
+# Installs only what is missing, so a prepared machine costs no apt-get update.
+system-packages:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages: $$missing"; \
+		SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check websockify tests scripts setup.py
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+pytest: venv rebind
+	$(PY) -m pytest -q
+
+bench: venv rebind
+	$(PY) scripts/bench.py $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so

@@ -1,0 +1,198 @@
+"""End to end: the command line as a user types it.
+
+Listen and target forms (TCP v4/v6, bare port, unix sockets, inetd), logging
+options, and wrong command lines (exit status 2, one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.bridge_support import (
+    UnixEchoServer,
+    echo_roundtrip,
+    ipv6_loopback_available,
+    recv_bytes,
+    wait_until,
+    ws_connect,
+    ws_unix_connect,
+)
+from tests.support import LISTENING, REPO, TIMEOUT, TcpServer, echo, websockify
+
+needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no ::1 on this host")
+
+
+def unix_roundtrip_works(path: Path) -> bool:
+    """True once a python-websockets client on the unix socket ``path`` is bridged."""
+    if not path.exists():
+        return False
+    try:
+        with ws_unix_connect(path) as ws:
+            ws.send(b"over unix")
+            return recv_bytes(ws, 9) == b"over unix"
+    except (ConnectionRefusedError, FileNotFoundError):
+        return False
+
+
+def test_listening_line_names_the_real_port(tmp_path: Path, echo_target: TcpServer) -> None:
+    """Port 0 is resolved: the log says "listening on 127.0.0.1:PORT" with the port
+    the server actually got, and a client on that port is bridged."""
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server:
+        assert server.port > 0
+        assert f"listening on 127.0.0.1:{server.port}" in server.log()
+        echo_roundtrip(server.port)
+
+
+def test_bare_source_port_listens_on_all_interfaces(tmp_path: Path,
+                                                    echo_target: TcpServer) -> None:
+    """``websockify 0 HOST:PORT`` (no source address) accepts clients on 127.0.0.1."""
+    with websockify(tmp_path, "0", f"127.0.0.1:{echo_target.port}") as server:
+        echo_roundtrip(server.port)
+
+
+@needs_ipv6
+def test_ipv6_listen_address_in_brackets(tmp_path: Path, echo_target: TcpServer) -> None:
+    """``[::1]:0`` listens on ::1, logs "listening on [::1]:PORT", and bridges."""
+    with websockify(tmp_path, "[::1]:0", f"127.0.0.1:{echo_target.port}") as server:
+        assert f"listening on [::1]:{server.port}" in server.log()
+        with ws_connect(server.port, host="::1") as ws:
+            ws.send(b"v6 client")
+            assert recv_bytes(ws, 9) == b"v6 client"
+
+
+@needs_ipv6
+def test_ipv6_target_in_brackets(tmp_path: Path) -> None:
+    """A target written ``[::1]:PORT`` is reached over IPv6."""
+    target = TcpServer(echo, family=socket.AF_INET6, host="::1")
+    try:
+        with websockify(tmp_path, "127.0.0.1:0", f"[::1]:{target.port}") as server:
+            echo_roundtrip(server.port, b"to a v6 target")
+    finally:
+        target.close()
+
+
+@needs_ipv6
+def test_prefer_ipv6_resolves_the_source_name_to_ipv6(tmp_path: Path,
+                                                      echo_target: TcpServer) -> None:
+    """-6: a source host name with both address families is listened on via IPv6."""
+    families = {info[0] for info in socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM)}
+    if socket.AF_INET6 not in families:
+        pytest.skip("localhost has no IPv6 address here")
+    with websockify(tmp_path, "-6", "localhost:0", f"127.0.0.1:{echo_target.port}") as server, \
+            ws_connect(server.port, host="::1") as ws:
+        ws.send(b"six")
+        assert recv_bytes(ws, 3) == b"six"
+
+
+def test_unix_target(tmp_path: Path) -> None:
+    """--unix-target FILE relays to a real unix-socket echo server."""
+    path = tmp_path / "target.sock"
+    target = UnixEchoServer(path)
+    try:
+        with websockify(tmp_path, "--unix-target", str(path), "127.0.0.1:0") as server:
+            echo_roundtrip(server.port, b"through a unix socket" * 100)
+            assert target.accepted == 1
+    finally:
+        target.close()
+
+
+@pytest.mark.parametrize("mode", ["600", "660"])
+def test_unix_listen_with_mode(tmp_path: Path, echo_target: TcpServer, mode: str) -> None:
+    """--unix-listen FILE --unix-listen-mode MODE: clients connect over the unix
+    socket and the socket file has exactly that (octal) mode."""
+    path = tmp_path / "listen.sock"
+    with websockify(tmp_path, "--unix-listen", str(path), "--unix-listen-mode", mode,
+                    f"127.0.0.1:{echo_target.port}", wait_listening=False) as server:
+        wait_until(lambda: unix_roundtrip_works(path), "a client over --unix-listen")
+        info = os.stat(path)
+        assert stat.S_ISSOCK(info.st_mode)
+        assert oct(stat.S_IMODE(info.st_mode)) == oct(int(mode, 8))
+        assert server.proc.poll() is None
+
+
+def test_inetd_uses_the_listening_socket_passed_as_stdin(tmp_path: Path,
+                                                         echo_target: TcpServer) -> None:
+    """--inetd: the server accepts clients on the listening socket it got as fd 0."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    try:
+        with websockify(tmp_path, "--inetd", f"127.0.0.1:{echo_target.port}",
+                        stdin=listener.fileno(), wait_listening=False) as server:
+            listener.close()  # only the server holds it now
+            for _ in range(2):
+                echo_roundtrip(port, b"inetd")
+            assert server.proc.poll() is None
+    finally:
+        listener.close()
+
+
+def test_verbose_logs_more_than_the_default(tmp_path: Path, echo_target: TcpServer) -> None:
+    """-v adds debug lines: the same session logs strictly more lines with it."""
+    def session_log(*extra: str) -> list[str]:
+        with websockify(tmp_path, *extra, "127.0.0.1:0",
+                        f"127.0.0.1:{echo_target.port}") as server:
+            echo_roundtrip(server.port)
+            server.stop()  # the log is complete once the process has exited
+            return [line for line in server.log().splitlines() if line.strip()]
+
+    quiet = session_log()
+    verbose = session_log("-v")
+    assert len(verbose) > len(quiet), f"-v: {len(verbose)} lines, default: {len(quiet)}"
+    assert "Traceback" not in "\n".join(verbose)
+
+
+def test_log_file_receives_the_log(tmp_path: Path, echo_target: TcpServer) -> None:
+    """--log-file FILE: the listening line and the connection's lines land in FILE."""
+    log_file = tmp_path / "websockify.log"
+    with websockify(tmp_path, "--log-file", str(log_file), "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}", wait_listening=False) as server:
+        wait_until(lambda: log_file.exists() and LISTENING.search(log_file.read_text()),
+                   "the listening line in --log-file")
+        match = LISTENING.search(log_file.read_text())
+        assert match is not None
+        port = int(match.group("port"))
+        lines_before = len(log_file.read_text().splitlines())
+        echo_roundtrip(port)
+        wait_until(lambda: len(log_file.read_text().splitlines()) > lines_before,
+                   "a line about the connection in --log-file")
+        assert server.proc.poll() is None
+
+
+BAD_COMMAND_LINES: dict[str, list[str]] = {
+    "nothing": [],
+    "missing-target": ["127.0.0.1:0"],
+    "non-numeric-port": ["127.0.0.1:notaport", "127.0.0.1:5900"],
+    "port-out-of-range": ["127.0.0.1:70000", "127.0.0.1:5900"],
+    "bad-target-port": ["127.0.0.1:0", "127.0.0.1:59x0"],
+    "empty-target-port": ["127.0.0.1:0", "127.0.0.1:"],
+    "unknown-option": ["--no-such-option", "127.0.0.1:0", "127.0.0.1:5900"],
+    "bad-unix-listen-mode": ["--unix-listen", "{tmp}/s.sock", "--unix-listen-mode", "9z",
+                             "127.0.0.1:5900"],
+    "non-numeric-max-connections": ["--max-connections", "many", "127.0.0.1:0",
+                                    "127.0.0.1:5900"],
+    "too-many-positionals": ["127.0.0.1:0", "127.0.0.1:5900", "extra"],
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_COMMAND_LINES))
+def test_wrong_command_line_exits_2_with_one_line(tmp_path: Path, name: str) -> None:
+    """A wrong command line: exit status 2, exactly one line on stderr, no traceback,
+    and nothing started (nothing on stdout)."""
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in BAD_COMMAND_LINES[name]]
+    done = subprocess.run([sys.executable, "-m", "websockify", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=TIMEOUT,
+                          stdin=subprocess.DEVNULL)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, f"{name}: exit {done.returncode}\n{done.stderr}"
+    assert "Traceback" not in done.stderr
+    assert len(lines) == 1, f"{name}: stderr has {len(lines)} lines:\n{done.stderr}"
+    assert "listening" not in done.stdout + done.stderr

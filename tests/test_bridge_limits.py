@@ -1,0 +1,280 @@
+"""End to end: hostile or broken clients cannot hurt the bridge.
+
+Malformed requests get a 4xx and a close, stalled handshakes are dropped, the
+connection limit answers 503, oversized messages get 1009, and hundreds of
+connections (many killed mid-frame) leave no file descriptor behind.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.bridge_support import (
+    OP_BINARY,
+    OP_CONT,
+    FrameReader,
+    RecordingTarget,
+    abort,
+    assert_tcp_closed,
+    echo_roundtrip,
+    expect_close,
+    fd_count,
+    http_status,
+    recv_bytes,
+    send_close,
+    send_in_background,
+    upgrade,
+    wait_until,
+    ws_connect,
+)
+from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
+
+
+def status_then_close(port: int, request: bytes) -> int:
+    """Send ``request`` (in the background: the server may refuse it half-read),
+    return the response status and check the server then closes the connection."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sender = send_in_background(sock, request)
+        head = read_http_head(sock)
+        assert_tcp_closed_after_response(sock)
+        sender.join(TIMEOUT)
+        return http_status(head)
+
+
+def assert_tcp_closed_after_response(sock: socket.socket) -> None:
+    """After an error response the server hangs up (a body may still follow)."""
+    deadline = time.monotonic() + TIMEOUT
+    try:
+        while time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            if not sock.recv(65536):
+                return
+    except ConnectionResetError:
+        return
+    except TimeoutError:
+        pass
+    raise AssertionError("server kept the connection open after an error response")
+
+
+GARBAGE_REQUESTS: dict[str, bytes] = {
+    "binary-noise": b"\x00\x01\x02\xff\xfe garbage \x80\r\n\r\n",
+    "not-http": b"HELLO WORLD\r\n\r\n",
+    "method-only": b"GET\r\n\r\n",
+    "bad-version": b"GET / SPDY/9\r\nHost: x\r\n\r\n",
+    "header-without-colon": b"GET / HTTP/1.1\r\nHost localhost\r\nUpgrade: websocket\r\n\r\n",
+    "tls-client-hello": bytes.fromhex("16030100a5010000a10303") + b"\x00" * 40 + b"\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("name", list(GARBAGE_REQUESTS))
+def test_garbage_request_gets_4xx_and_close(tmp_path: Path, echo_target: TcpServer,
+                                            name: str) -> None:
+    """A request that isn't HTTP gets a 4xx response, a close, and the server
+    goes on serving WebSocket clients."""
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server:
+        status = status_then_close(server.port, GARBAGE_REQUESTS[name])
+        assert 400 <= status < 500, f"{name}: status {status}"
+        echo_roundtrip(server.port)
+
+
+def test_huge_header_line_and_header_flood_get_4xx(tmp_path: Path,
+                                                   echo_target: TcpServer) -> None:
+    """A 128 KiB header line, and 2,000 header lines, each get a 4xx and a close,
+    and the server keeps serving."""
+    start = b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    huge_line = start + b"X-Huge: " + b"a" * (128 * 1024) + b"\r\n\r\n"
+    many_lines = start + b"".join(b"X-Header-%d: v\r\n" % i for i in range(2000)) + b"\r\n"
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server:
+        for label, request in (("128 KiB line", huge_line), ("2000 lines", many_lines)):
+            status = status_then_close(server.port, request)
+            assert 400 <= status < 500, f"{label}: status {status}"
+        echo_roundtrip(server.port)
+
+
+def test_half_handshake_is_dropped_after_the_handshake_timeout(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """A client that sends half a request and stalls is disconnected after
+    --handshake-timeout (1 s), not before, not much later; others are unaffected."""
+    with websockify(tmp_path, "--handshake-timeout", "1", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: webs")
+        started = time.monotonic()
+        echo_roundtrip(server.port)  # a concurrent, well-behaved client is served
+        assert_tcp_closed_after_response(sock)
+        elapsed = time.monotonic() - started
+        assert 0.7 <= elapsed <= 4.0, f"dropped after {elapsed:.2f}s"
+
+
+def test_handshake_trickled_slowly_is_still_dropped(tmp_path: Path,
+                                                    echo_target: TcpServer) -> None:
+    """The handshake timeout is a deadline for the whole request: sending one
+    header byte every 0.2 s does not keep a connection alive past it."""
+    with websockify(tmp_path, "--handshake-timeout", "1", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\n")
+        started = time.monotonic()
+        sock.settimeout(0.2)
+        closed_after: float | None = None
+        while closed_after is None and time.monotonic() - started < 5.0:
+            try:
+                sock.sendall(b"X")
+                if sock.recv(65536) == b"":  # a response (e.g. 408) may come first
+                    closed_after = time.monotonic() - started
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed_after = time.monotonic() - started
+        assert closed_after is not None, "a trickling client was kept for 5 s"
+        assert closed_after <= 4.0, f"dropped only after {closed_after:.2f}s"
+
+
+def test_upgraded_connection_is_not_subject_to_the_handshake_timeout(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """A WebSocket idle for longer than --handshake-timeout after its upgrade stays up."""
+    with websockify(tmp_path, "--handshake-timeout", "1", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, ws_connect(server.port) as ws:
+        time.sleep(1.8)  # the passing of time is the point of the test
+        ws.send(b"still here")
+        assert recv_bytes(ws, 10) == b"still here"
+
+
+def test_max_connections_answers_503_beyond_the_limit(tmp_path: Path,
+                                                      echo_target: TcpServer) -> None:
+    """With --max-connections 5, five WebSockets are open, the sixth gets HTTP 503
+    and a close; once one of the five leaves, a new client is admitted again."""
+    with websockify(tmp_path, "--max-connections", "5", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server:
+        held: list[socket.socket] = []
+        try:
+            for _ in range(5):
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+                held.append(sock)
+                assert http_status(upgrade(sock)) == 101
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sixth:
+                head = upgrade(sixth)
+                assert http_status(head) == 503, head
+                assert_tcp_closed_after_response(sixth)
+            # the five are still fully working
+            for index, sock in enumerate(held):
+                sock.sendall(client_frame(OP_BINARY, b"conn%d" % index))
+                opcode, _, payload = FrameReader(sock).read_frame()
+                assert (opcode, payload) == (OP_BINARY, b"conn%d" % index)
+            send_close(held[0])
+            expect_close(held[0])
+            held.pop(0).close()
+
+            def admitted() -> bool:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+                    return http_status(upgrade(s)) == 101
+
+            wait_until(admitted, "a free slot after one of the five closed")
+        finally:
+            for sock in held:
+                sock.close()
+
+
+def test_message_over_max_message_size_gets_1009(tmp_path: Path, echo_target: TcpServer) -> None:
+    """--max-message-size 1000: exactly 1000 bytes pass; 1001 in one frame, 1200 in
+    two fragments, or a frame announcing 2**40 bytes each get Close 1009."""
+    with websockify(tmp_path, "--max-message-size", "1000", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server:
+        def connect() -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+            assert http_status(upgrade(sock)) == 101
+            return sock
+
+        with connect() as sock:
+            sock.sendall(client_frame(OP_BINARY, b"m", fin=False)
+                         + client_frame(OP_CONT, b"m" * 999))
+            reader = FrameReader(sock)
+            data = bytearray()
+            while len(data) < 1000:
+                data += reader.read_frame()[2]
+            assert bytes(data) == b"m" * 1000
+
+        oversized = {
+            "one frame of 1001": client_frame(OP_BINARY, b"x" * 1001),
+            "two fragments of 600": client_frame(OP_BINARY, b"x" * 600, fin=False)
+            + client_frame(OP_CONT, b"x" * 600),
+            "header announcing 2**40": bytes([0x80 | OP_BINARY, 0x80 | 127])
+            + struct.pack("!Q", 1 << 40) + b"\x01\x02\x03\x04",
+        }
+        for label, wire in oversized.items():
+            with connect() as sock:
+                sock.sendall(wire)
+                result = expect_close(sock)
+                assert result.code == 1009, f"{label}: got {result.code}"
+                assert_tcp_closed(sock)
+        echo_roundtrip(server.port, b"y" * 1000)
+
+
+def test_default_max_message_size_is_16_mib(tmp_path: Path, echo_target: TcpServer) -> None:
+    """Without the option a message of 16 MiB + 1 byte gets Close 1009."""
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        assert http_status(upgrade(sock)) == 101
+        sender = send_in_background(sock, client_frame(OP_BINARY, bytes(16 * 1024 * 1024 + 1)))
+        result = expect_close(sock)
+        assert result.code == 1009, result.code
+        sender.join(TIMEOUT)
+
+
+def test_hundreds_of_connections_leave_no_file_descriptor_behind(tmp_path: Path) -> None:
+    """300 connections — clean closes, abrupt resets mid-frame, half handshakes,
+    plain GETs — and afterwards the server holds as many fds as before and every
+    target connection it opened has been closed."""
+    target = RecordingTarget()
+    try:
+        with websockify(tmp_path, "--handshake-timeout", "1", "127.0.0.1:0",
+                        f"127.0.0.1:{target.port}") as server:
+            echo_roundtrip(server.port)  # warm up lazily created fds
+            pid = server.proc.pid
+            wait_until(lambda: target.peers[0].eof.is_set(), "the warm-up target to close")
+            baseline = fd_count(pid)
+
+            def one(index: int) -> None:
+                kind = index % 5
+                sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+                if kind == 3:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # half a handshake
+                    abort(sock)
+                    return
+                if kind == 4:
+                    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    read_http_head(sock)
+                    sock.close()
+                    return
+                assert http_status(upgrade(sock)) == 101
+                sock.sendall(client_frame(OP_BINARY, b"ping %d" % index))
+                if kind == 0:
+                    FrameReader(sock).read_frame()
+                    send_close(sock)
+                    expect_close(sock)
+                    sock.close()
+                elif kind == 1:
+                    # reset in the middle of a frame: header says 1000, 10 sent
+                    sock.sendall(client_frame(OP_BINARY, b"z" * 1000)[:18])
+                    abort(sock)
+                else:
+                    abort(sock)
+
+            with ThreadPoolExecutor(max_workers=16) as pool:
+                list(pool.map(one, range(300)))
+
+            wait_until(lambda: fd_count(pid) <= baseline,
+                       f"fd count back to {baseline} (now {fd_count(pid)})")
+            wait_until(lambda: all(peer.eof.is_set() for peer in list(target.peers)),
+                       "every target connection to be closed")
+            assert len(target.peers) >= 1 + 60  # at least the clean (kind 0) ones
+            echo_roundtrip(server.port)
+    finally:
+        target.close()
+

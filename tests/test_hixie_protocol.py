@@ -1,0 +1,372 @@
+"""Hixie-76/75 handshake and codec, byte for byte and fuzzed; no sockets."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from websockify.errors import FrameError, HandshakeError
+from websockify.protocol import handshake, hixie
+from websockify.protocol.codec import Close, Data, Event
+from websockify.protocol.handshake import HandshakeOptions, UpgradeRequest
+
+# The worked example of the server handshake in draft-hixie-thewebsocketprotocol-76: these
+# keys are 155712099 and 173347027 over their spaces, and this is their answer.
+SPEC_KEY1 = "18x 6]8vM;54 *(5:  {   U1]8  z [  8"
+SPEC_KEY2 = "1_ tx7X d  <  nw  334J702) 7]o}` 0"
+SPEC_BODY = b"Tm[K T2u"
+SPEC_ANSWER = b"fQJ,fN/4F4!~K~MH"
+
+OPTIONS = HandshakeOptions(max_message_size=1 << 20)
+
+
+def request76(
+    key1: str = SPEC_KEY1, key2: str = SPEC_KEY2, extra: dict[str, str] | None = None
+) -> UpgradeRequest:
+    headers = {
+        "host": "example.com",
+        "upgrade": "WebSocket",
+        "connection": "Upgrade",
+        "origin": "http://example.com",
+        "sec-websocket-key1": key1,
+        "sec-websocket-key2": key2,
+        **(extra or {}),
+    }
+    return UpgradeRequest("GET", "/demo", headers)
+
+
+def request75(secure: bool = False, extra: dict[str, str] | None = None) -> UpgradeRequest:
+    headers = {
+        "host": "example.com:8080",
+        "upgrade": "WebSocket",
+        "connection": "Upgrade",
+        "origin": "http://example.com",
+        **(extra or {}),
+    }
+    return UpgradeRequest("GET", "/demo?token=a", headers, secure=secure)
+
+
+# ---------------------------------------------------------------- handshake
+
+
+def test_spec_challenge_vector() -> None:
+    assert hixie.challenge_response(SPEC_KEY1, SPEC_KEY2, SPEC_BODY) == SPEC_ANSWER
+
+
+def test_hixie76_response_is_byte_exact() -> None:
+    upgrade = hixie.accept(
+        request76(extra={"sec-websocket-protocol": "sample"}), SPEC_BODY, OPTIONS
+    )
+    assert upgrade.version == "hixie-76"
+    assert upgrade.response == (
+        b"HTTP/1.1 101 WebSocket Protocol Handshake\r\n"
+        b"Upgrade: WebSocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Origin: http://example.com\r\n"
+        b"Sec-WebSocket-Location: ws://example.com/demo\r\n"
+        b"Sec-WebSocket-Protocol: sample\r\n"
+        b"\r\n" + SPEC_ANSWER
+    )
+
+
+def test_hixie76_second_spec_example() -> None:
+    # The example in the introduction of draft-76: another pair of keys, body and answer.
+    answer = hixie.challenge_response("4 @1  46546xW%0l 1 5", "12998 5 Y3 1  .P00", b"^n:ds[4U")
+    assert answer == b"8jKS'y:G*Co,Wxa-"
+
+
+def test_hixie76_over_tls_says_wss_and_omits_what_was_not_offered() -> None:
+    headers = dict(request76().headers)
+    del headers["origin"]
+    request = UpgradeRequest("GET", "/demo", headers, secure=True)
+    assert hixie.accept(request, SPEC_BODY, OPTIONS).response == (
+        b"HTTP/1.1 101 WebSocket Protocol Handshake\r\n"
+        b"Upgrade: WebSocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"Sec-WebSocket-Location: wss://example.com/demo\r\n"
+        b"\r\n" + SPEC_ANSWER
+    )
+
+
+@pytest.mark.parametrize("offer", ["binary", "base64", "binary, base64", "chat"])
+def test_offered_protocol_is_echoed_verbatim_and_payloads_stay_base64(offer: str) -> None:
+    upgrade = hixie.accept(request76(extra={"sec-websocket-protocol": offer}), SPEC_BODY, OPTIONS)
+    assert f"\r\nSec-WebSocket-Protocol: {offer}\r\n".encode() in upgrade.response
+    assert upgrade.codec.subprotocol == "base64"
+    assert upgrade.codec.encode_data(b"\x00\xff") == [b"\x00AP8=\xff"]
+
+
+def test_hixie75_response_is_byte_exact() -> None:
+    upgrade = hixie.accept(request75(), b"", OPTIONS)
+    assert upgrade.version == "hixie-75"
+    assert upgrade.response == (
+        b"HTTP/1.1 101 Web Socket Protocol Handshake\r\n"
+        b"Upgrade: WebSocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"WebSocket-Origin: http://example.com\r\n"
+        b"WebSocket-Location: ws://example.com:8080/demo?token=a\r\n"
+        b"\r\n"
+    )
+
+
+def test_hixie75_over_tls_with_protocol() -> None:
+    upgrade = hixie.accept(request75(secure=True, extra={"websocket-protocol": "binary"}), b"",
+                           OPTIONS)
+    assert upgrade.response == (
+        b"HTTP/1.1 101 Web Socket Protocol Handshake\r\n"
+        b"Upgrade: WebSocket\r\n"
+        b"Connection: Upgrade\r\n"
+        b"WebSocket-Origin: http://example.com\r\n"
+        b"WebSocket-Location: wss://example.com:8080/demo?token=a\r\n"
+        b"WebSocket-Protocol: binary\r\n"
+        b"\r\n"
+    )
+
+
+def test_codec_gets_the_message_size_limit() -> None:
+    options = HandshakeOptions(max_message_size=1234)
+    for upgrade in (hixie.accept(request76(), SPEC_BODY, options),
+                    hixie.accept(request75(), b"", options)):
+        assert isinstance(upgrade.codec, hixie.HixieCodec)
+        assert upgrade.codec.max_message_size == 1234
+
+
+def test_handshake_dispatches_hixie_requests_here() -> None:
+    assert handshake.body_length(request76()) == 8
+    assert handshake.body_length(request75()) == 0
+    assert handshake.accept(request76(), SPEC_BODY, OPTIONS).version == "hixie-76"
+    assert handshake.accept(request75(), b"", OPTIONS).version == "hixie-75"
+    with pytest.raises(HandshakeError) as refused:
+        handshake.accept(request76(), SPEC_BODY, HandshakeOptions(allow_hixie=False))
+    assert refused.value.status == 426
+
+
+@pytest.mark.parametrize(
+    ("key1", "reason"),
+    [
+        ("12345", "Sec-WebSocket-Key1 has no spaces"),
+        ("1  3", "not a multiple of its 2 spaces"),
+        ("4294967296 ", "over 32 bits"),
+        ("1 2 3 4 5 6 7 8 9 0 1 2", "over 32 bits"),
+        ("9" * 5000 + " ", "over 32 bits"),
+        ("  x ", "Sec-WebSocket-Key1 has no digits"),
+    ],
+)
+def test_malformed_key_is_refused_with_400(key1: str, reason: str) -> None:
+    with pytest.raises(HandshakeError) as refused:
+        hixie.accept(request76(key1=key1), SPEC_BODY, OPTIONS)
+    assert refused.value.status == 400
+    assert reason in refused.value.reason
+
+
+@pytest.mark.parametrize("key", ["4294967295 ", "000000000000004294967295 ", "0 "])
+def test_key_numbers_up_to_32_bits_are_accepted(key: str) -> None:
+    assert len(hixie.challenge_response(key, SPEC_KEY2, SPEC_BODY)) == 16
+
+
+@pytest.mark.parametrize(
+    ("change", "body", "reason"),
+    [
+        ({"sec-websocket-key2": None}, SPEC_BODY, "needs both Sec-WebSocket-Key1 and"),
+        ({}, SPEC_BODY[:7], "needs 8 bytes after the headers, got 7"),
+        ({}, b"", "needs 8 bytes after the headers, got 0"),
+        ({"host": None}, SPEC_BODY, "needs a Host header"),
+        ({"origin": "http://ex\x01ample.com"}, SPEC_BODY, "origin is not printable ASCII"),
+        ({"sec-websocket-protocol": "caf\xe9"}, SPEC_BODY, "not printable ASCII"),
+    ],
+)
+def test_malformed_request_is_refused_with_400(
+    change: dict[str, str | None], body: bytes, reason: str
+) -> None:
+    headers = dict(request76().headers)
+    for name, value in change.items():
+        if value is None:
+            del headers[name]
+        else:
+            headers[name] = value
+    with pytest.raises(HandshakeError) as refused:
+        hixie.accept(UpgradeRequest("GET", "/demo", headers), body, OPTIONS)
+    assert refused.value.status == 400
+    assert reason in refused.value.reason
+
+
+# ---------------------------------------------------------------- codec
+
+
+def codec(max_message_size: int = 1 << 20) -> hixie.HixieCodec:
+    return hixie.HixieCodec(max_message_size)
+
+
+def frame(payload: bytes) -> bytes:
+    """A client frame, built independently of the codec."""
+    return b"\x00" + base64.b64encode(payload) + b"\xff"
+
+
+def payload_of(events: list[Event]) -> bytes:
+    return b"".join(bytes(event.payload) for event in events if isinstance(event, Data))
+
+
+@pytest.mark.parametrize(
+    ("payload", "wire"),
+    [(b"", b"\x00\xff"), (b"\x00\x01\x02", b"\x00AAEC\xff"), (b"\xff", b"\x00/w==\xff"),
+     (b"ab", b"\x00YWI=\xff")],
+)
+def test_encode_data_is_byte_exact(payload: bytes, wire: bytes) -> None:
+    assert b"".join(bytes(piece) for piece in codec().encode_data(payload)) == wire
+    assert b"".join(bytes(p) for p in codec().encode_data(memoryview(bytearray(payload)))) == wire
+
+
+def test_close_has_no_code_and_ping_does_not_exist() -> None:
+    hixie_codec = codec()
+    assert hixie_codec.encode_close() == b"\xff\x00"
+    assert hixie_codec.encode_close(1009, "message too big") == b"\xff\x00"
+    assert hixie_codec.supports_ping is False
+    with pytest.raises(RuntimeError, match="no ping"):
+        hixie_codec.encode_ping()
+    with pytest.raises(RuntimeError, match="no pong"):
+        hixie_codec.encode_pong(b"")
+
+
+@pytest.mark.parametrize(
+    ("wire", "events"),
+    [
+        (b"\x00AAEC\xff", [Data(b"\x00\x01\x02")]),
+        (b"\x00\xff", []),
+        (b"\x00QQ==\xff\x00\xff\x00Qg==\xff", [Data(b"AB")]),  # one read, one Data
+        (b"\xff\x00", [Close(code=None)]),
+        (b"\x00QQ==\xff\xff\x00\x00Qg==\xff", [Data(b"A"), Close(code=None)]),
+    ],
+)
+def test_receive_is_byte_exact(wire: bytes, events: list[Event]) -> None:
+    assert codec().receive(wire) == events
+
+
+def test_input_after_close_is_ignored() -> None:
+    hixie_codec = codec()
+    assert hixie_codec.receive(b"\xff") == []
+    assert hixie_codec.receive(b"\x00\x00QQ==\xff") == [Close(code=None)]
+    assert hixie_codec.receive(b"\x80garbage") == []
+
+
+def test_bytearray_and_memoryview_input() -> None:
+    assert codec().receive(bytearray(b"\x00QUI=\xff")) == [Data(b"AB")]
+    assert codec().receive(memoryview(b"xx\x00QUI=\xffyy")[2:-2]) == [Data(b"AB")]
+
+
+SPLIT_PAYLOADS = [b"", b"a", b"abc", b"abcd", os.urandom(300)]
+SPLIT_STREAM = b"".join(frame(p) for p in SPLIT_PAYLOADS) + b"\xff\x00"
+
+
+@pytest.mark.parametrize("cut", range(len(SPLIT_STREAM) + 1))
+def test_stream_split_at_every_byte_boundary(cut: int) -> None:
+    hixie_codec = codec()
+    events = hixie_codec.receive(SPLIT_STREAM[:cut]) + hixie_codec.receive(SPLIT_STREAM[cut:])
+    assert payload_of(events) == b"".join(SPLIT_PAYLOADS)
+    assert events[-1] == Close(code=None)
+
+
+def test_stream_fed_one_byte_at_a_time() -> None:
+    hixie_codec = codec()
+    events: list[Event] = []
+    for i in range(len(SPLIT_STREAM)):
+        events += hixie_codec.receive(SPLIT_STREAM[i:i + 1])
+    assert payload_of(events) == b"".join(SPLIT_PAYLOADS)
+    assert events[-1] == Close(code=None)
+
+
+@pytest.mark.parametrize("kind", [0x01, 0x7F, 0x80, 0xFE])
+def test_unknown_frame_type_is_1002_after_what_preceded_it(kind: int) -> None:
+    with pytest.raises(FrameError) as error:
+        codec().receive(b"\x00QQ==\xff" + bytes([kind]) + b"\x00QQ==\xff")
+    assert error.value.close_code == 1002
+    assert f"0x{kind:02x}" in error.value.reason
+    assert error.value.events == [Data(b"A")]
+
+
+def test_ff_with_a_length_is_not_a_close() -> None:
+    hixie_codec = codec()
+    assert hixie_codec.receive(b"\xff") == []
+    with pytest.raises(FrameError) as error:
+        hixie_codec.receive(b"\x05")
+    assert error.value.close_code == 1002
+
+
+@pytest.mark.parametrize(
+    "text", [b"QQ=", b"Q", b"Q!==", b"QQ==QQ==", b"QQ ==", b"QQ==\n", b"\xc3\xa9AAA"]
+)
+def test_invalid_base64_is_1007(text: bytes) -> None:
+    with pytest.raises(FrameError) as error:
+        codec().receive(b"\x00QUJD\xff\x00" + text + b"\xff")
+    assert error.value.close_code == 1007
+    assert "base64" in error.value.reason
+    assert error.value.events == [Data(b"ABC")]
+
+
+@pytest.mark.parametrize("text", [b"\xc3\x28AAAA", b"AAAA\xfe", b"\x80"])
+def test_invalid_utf8_is_1007(text: bytes) -> None:
+    with pytest.raises(FrameError) as error:
+        codec().receive(b"\x00" + text + b"\xff")
+    assert error.value.close_code == 1007
+    assert "UTF-8" in error.value.reason
+
+
+def test_frame_at_the_size_limit_passes_and_one_byte_more_is_1009() -> None:
+    assert codec(8).receive(b"\x00QUJDREVG\xff") == [Data(b"ABCDEF")]
+    with pytest.raises(FrameError) as error:
+        codec(8).receive(b"\x00QUJDREVGSA==\xff")
+    assert error.value.close_code == 1009
+
+
+def test_oversized_frame_is_refused_before_it_ends() -> None:
+    """The limit bounds memory: the codec does not wait for the 0xFF to refuse."""
+    hixie_codec = codec(8)
+    assert hixie_codec.receive(b"\x00QUJD") == [Data(b"ABC")]
+    assert hixie_codec.receive(b"REVG") == [Data(b"DEF")]
+    with pytest.raises(FrameError) as error:
+        hixie_codec.receive(b"S")
+    assert error.value.close_code == 1009
+    assert "maximum message size (8 bytes)" in error.value.reason
+
+
+def test_size_limit_applies_per_frame() -> None:
+    hixie_codec = codec(8)
+    assert payload_of(hixie_codec.receive(b"\x00QUJDREVG\xff" * 50)) == b"ABCDEF" * 50
+
+
+# ---------------------------------------------------------------- fuzz
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8))
+def test_random_input_raises_only_frame_error(chunks: list[bytes]) -> None:
+    hixie_codec = codec(64)
+    for chunk in chunks:
+        try:
+            hixie_codec.receive(chunk)
+        except FrameError as error:
+            assert error.close_code in (1002, 1007, 1009)
+            return
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=6), st.data())
+def test_any_split_of_valid_frames_round_trips(payloads: list[bytes], data: st.DataObject) -> None:
+    wire = b"".join(frame(p) for p in payloads)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=10)))
+    hixie_codec = codec()
+    events: list[Event] = []
+    for start, end in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        events += hixie_codec.receive(wire[start:end])
+    assert payload_of(events) == b"".join(payloads)
+    assert all(isinstance(event, Data) and event.payload for event in events)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_encode_then_receive_round_trips(payload: bytes) -> None:
+    wire = b"".join(bytes(piece) for piece in codec().encode_data(payload))
+    assert payload_of(codec().receive(wire)) == payload
