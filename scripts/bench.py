@@ -44,6 +44,7 @@ from bench_procs import (
     RunningServer,
     ServerError,
     ServerSpec,
+    clear_logs,
     common_error,
     progress,
     server_log,
@@ -70,8 +71,9 @@ class Metric:
     """One row of the table."""
 
     key: str
+    #: Row label; its arrow says whether higher (↑) or lower (↓) is better.
     label: str
-    higher_is_better: bool
+    #: Decimals shown for values below 100.
     digits: int = 0
 
 
@@ -88,6 +90,7 @@ class Test:
 
 
 def _transfer_size(test_legacy: bool, s: Settings) -> int:
+    """Legacy modes may get a size of their own: base64 costs the client CPU too."""
     return s.legacy_transfer if test_legacy else s.transfer
 
 
@@ -120,22 +123,22 @@ def _transfer_tests(mode: wire.Mode, legacy: bool) -> list[Test]:
             "hixie-76": "Hixie-76, base64"}[mode.label]
     return [
         Test(f"upload-{mode.label}", group or "upload", "sink", legacy, _upload(mode),
-             (Metric("mibps", f"Upload, {what} (MiB/s ↑)", True),)),
+             (Metric("mibps", f"Upload, {what} (MiB/s ↑)"),)),
         Test(f"download-{mode.label}", group or "download", "source", legacy, _download(mode),
-             (Metric("mibps", f"Download, {what} (MiB/s ↑)", True),)),
+             (Metric("mibps", f"Download, {what} (MiB/s ↑)"),)),
     ]
 
 
 TESTS: tuple[Test, ...] = (
     *_transfer_tests(wire.BINARY, legacy=False),
     Test("rtt", "rtt", "echo", False, _rtt, (
-        Metric("p50", "Round trip 64 B, p50 (µs ↓)", False),
-        Metric("p99", "Round trip 64 B, p99 (µs ↓)", False),
+        Metric("p50", "Round trip 64 B, p50 (µs ↓)"),
+        Metric("p99", "Round trip 64 B, p99 (µs ↓)"),
     )),
     Test("connections", "connections", "echo", False, _connections, (
-        Metric("held", "Simultaneous connections, echo verified on each (↑)", True),
-        Metric("rss", "Memory per connection, RSS (KiB ↓)", False, 1),
-        Metric("pss", "Memory per connection, PSS (KiB ↓)", False, 1),
+        Metric("held", "Simultaneous connections, echo verified on each (↑)"),
+        Metric("rss", "Memory per connection, RSS (KiB ↓)", 1),
+        Metric("pss", "Memory per connection, PSS (KiB ↓)", 1),
     )),
     *_transfer_tests(wire.BASE64, legacy=True),
     *_transfer_tests(wire.HIXIE76, legacy=True),
@@ -167,7 +170,7 @@ class Results:
         return float(statistics.median(values))
 
 
-def _summary(test: Test, values: dict[str, float]) -> str:
+def _summary(values: dict[str, float]) -> str:
     """One progress line's worth of a measurement's result."""
     return ", ".join(f"{k}={v:.1f}" for k, v in values.items())
 
@@ -212,13 +215,14 @@ def _run_and_record(test: Test, spec: ServerSpec, settings: Settings, results: R
         remark = common_error(server_log(spec, tag))
         if remark:
             results.remarks.setdefault((test.key, spec.name), remark)
-    progress(f"{head} {_summary(test, values)}  ({time.monotonic() - started:.1f} s)")
+    progress(f"{head} {_summary(values)}  ({time.monotonic() - started:.1f} s)")
 
 
 # ------------------------------------------------------------------------ reporting
 
 
 def _format(metric: Metric, value: float, settings: Settings) -> str:
+    """A median as shown: held connections as "n / N (p%)", "100%" only when all held."""
     if math.isnan(value):
         return "—"
     if metric.key == "held":
@@ -232,6 +236,7 @@ def _format(metric: Metric, value: float, settings: Settings) -> str:
 
 
 def _ratio(ours: float | None, upstream: float | None) -> str:
+    """ours / upstream, with two significant digits even when tiny (memory rows)."""
     if ours is None or upstream is None or math.isnan(ours) or math.isnan(upstream) \
             or upstream == 0:
         return "—"
@@ -242,8 +247,9 @@ def _ratio(ours: float | None, upstream: float | None) -> str:
 
 def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
           settings: Settings, notes: Notes) -> tuple[str, float | None]:
+    """One cell's text and value; missing values say why in a footnote."""
     if test.legacy and not spec.legacy:
-        return f"n/a{notes.mark('n/a: upstream 0.13 speaks only RFC 6455 binary frames')}", None
+        return "n/a" + notes.mark(f"{spec.label} speaks only RFC 6455 binary frames"), None
     if spec.name in results.dead_servers:
         return "failed" + notes.mark(f"{spec.name} did not run: "
                                      f"{results.dead_servers[spec.name]}"), None
@@ -266,6 +272,8 @@ class Notes:
         self.texts: list[str] = []
 
     def mark(self, text: str) -> str:
+        """The marker to append to a cell, e.g. " [2]"."""
+        text = " ".join(text.split())
         if text not in self.texts:
             self.texts.append(text)
         return f" [{self.texts.index(text) + 1}]"
@@ -408,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     servers = [s for s in SERVERS if s.name in names]
     tests = [t for t in TESTS if t.group in groups]
     raise_fd_limit(settings.connections)
+    clear_logs()
     results = Results()
     started = time.monotonic()
     _prepare(servers, results)

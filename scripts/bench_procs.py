@@ -37,6 +37,13 @@ class ServerError(Exception):
     """A server (or target) could not be installed, started or reached."""
 
 
+def clear_logs() -> None:
+    """Drop the previous run's logs so every log under .bench/logs is from this run."""
+    if LOG_DIR.is_dir():
+        for old in LOG_DIR.glob("*.log"):
+            old.unlink()
+
+
 def progress(text: str) -> None:
     """Progress goes to stderr so stdout carries only the final table."""
     print(text, file=sys.stderr, flush=True)

@@ -14,14 +14,17 @@ import hashlib
 import os
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from websockets.sync.client import ClientConnection, connect, unix_connect
+from websockets.typing import Subprotocol
 
 from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, recv_exact
 
@@ -41,7 +44,7 @@ def wait_until(predicate: Callable[[], object], what: str, timeout: float = TIME
         time.sleep(interval)
 
 
-def wait_exit(proc, timeout: float = TIMEOUT) -> int:
+def wait_exit(proc: subprocess.Popen, timeout: float = TIMEOUT) -> int:
     """The exit status of ``proc`` (a Popen), failing if it runs past ``timeout``."""
     wait_until(lambda: proc.poll() is not None, "websockify to exit", timeout)
     return proc.returncode
@@ -223,9 +226,10 @@ def ipv6_loopback_available() -> bool:
 # The third-party client (python-websockets)
 
 def ws_connect(port: int, protocols: list[str] | None = None, host: str = "127.0.0.1",
-               path: str = "/", **kwargs) -> ClientConnection:
+               path: str = "/", **kwargs: Any) -> ClientConnection:
     """A python-websockets client; ``protocols`` defaults to ["binary"]."""
-    options: dict = {"subprotocols": ["binary"] if protocols is None else protocols,
+    offered = ["binary"] if protocols is None else protocols
+    options: dict[str, Any] = {"subprotocols": [Subprotocol(p) for p in offered],
                      "open_timeout": TIMEOUT, "close_timeout": TIMEOUT, "max_size": None,
                      "compression": None, "ping_interval": None, "proxy": None}
     options.update(kwargs)
@@ -234,7 +238,7 @@ def ws_connect(port: int, protocols: list[str] | None = None, host: str = "127.0
 
 
 def ws_unix_connect(path: Path) -> ClientConnection:
-    return unix_connect(str(path), "ws://localhost/", subprotocols=["binary"],
+    return unix_connect(str(path), "ws://localhost/", subprotocols=[Subprotocol("binary")],
                         open_timeout=TIMEOUT, close_timeout=TIMEOUT, max_size=None,
                         compression=None, ping_interval=None)
 

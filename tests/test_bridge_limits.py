@@ -47,9 +47,11 @@ def status_then_close(port: int, request: bytes) -> int:
         return http_status(head)
 
 
-def assert_tcp_closed_after_response(sock: socket.socket) -> None:
-    """After an error response the server hangs up (a body may still follow)."""
-    deadline = time.monotonic() + TIMEOUT
+def assert_tcp_closed_after_response(sock: socket.socket, timeout: float = 3.0) -> None:
+    """After an error response the server hangs up at once (a body may still follow);
+    ``timeout`` stays well below the default 10 s handshake timeout, so that an idle
+    keep-alive drop is not mistaken for a close."""
+    deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline:
             sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -59,7 +61,7 @@ def assert_tcp_closed_after_response(sock: socket.socket) -> None:
         return
     except TimeoutError:
         pass
-    raise AssertionError("server kept the connection open after an error response")
+    raise AssertionError(f"server kept the connection open {timeout}s after its response")
 
 
 GARBAGE_REQUESTS: dict[str, bytes] = {
@@ -81,6 +83,7 @@ def test_garbage_request_gets_4xx_and_close(tmp_path: Path, echo_target: TcpServ
         status = status_then_close(server.port, GARBAGE_REQUESTS[name])
         assert 400 <= status < 500, f"{name}: status {status}"
         echo_roundtrip(server.port)
+        assert "Traceback" not in server.log()
 
 
 def test_huge_header_line_and_header_flood_get_4xx(tmp_path: Path,
@@ -278,3 +281,22 @@ def test_hundreds_of_connections_leave_no_file_descriptor_behind(tmp_path: Path)
     finally:
         target.close()
 
+
+
+def test_clients_resetting_mid_request_or_mid_frame_log_no_traceback(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """A client vanishing (TCP reset) in the middle of its request or of a frame is
+    the client's doing: the server logs it briefly, without a Python traceback."""
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        abort(sock)
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        assert http_status(upgrade(sock)) == 101
+        sock.sendall(client_frame(OP_BINARY, b"z" * 1000)[:18])
+        abort(sock)
+        echo_roundtrip(server.port)  # the server has handled the three by now
+        server.stop()
+        assert "Traceback" not in server.log(), server.log()

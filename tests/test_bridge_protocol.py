@@ -36,7 +36,7 @@ from tests.bridge_support import (
     send_close,
     upgrade,
 )
-from tests.support import TIMEOUT, Websockify, client_frame, websockify
+from tests.support import TIMEOUT, Websockify, client_frame, read_http_head, websockify
 
 
 @dataclass
@@ -150,6 +150,33 @@ def test_other_versions_get_400_listing_the_supported_ones(bridge: Bridge, versi
     assert [v.strip() for v in supported.split(",")] == ["13", "8", "7"]
 
 
+HIXIE_75 = (b"GET /demo HTTP/1.1\r\nHost: localhost\r\nUpgrade: WebSocket\r\n"
+            b"Connection: Upgrade\r\nOrigin: http://localhost\r\n\r\n")
+
+
+def test_hixie_handshake_is_accepted_by_default(bridge: Bridge) -> None:
+    """Without --no-hixie an old Hixie-75 client is upgraded (101)."""
+    with socket.create_connection(("127.0.0.1", bridge.server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(HIXIE_75)
+        head = read_http_head(sock)
+    assert http_status(head) == 101, head
+
+
+def test_no_hixie_refuses_hixie_but_not_rfc6455(tmp_path: Path) -> None:
+    """--no-hixie: the Hixie-75 handshake gets a 4xx, an RFC 6455 client still works."""
+    target = RecordingTarget()
+    try:
+        with websockify(tmp_path, "--no-hixie", "127.0.0.1:0",
+                        f"127.0.0.1:{target.port}") as server:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+                sock.sendall(HIXIE_75)
+                head = read_http_head(sock)
+            assert 400 <= http_status(head) < 500, head
+            echo_roundtrip(server.port)
+    finally:
+        target.close()
+
+
 # ---------------------------------------------------------------------------
 # Frames that break the protocol → Close 1002 (or 1007), then TCP close
 
@@ -237,6 +264,29 @@ def test_base64_mode_rejects_bad_base64_or_utf8_with_1007(bridge: Bridge, payloa
     assert peer.received() == b""
 
 
+def test_binary_mode_text_message_with_invalid_utf8_gets_1007(bridge: Bridge) -> None:
+    """RFC 6455 8.1: a text message that is not UTF-8 fails the connection with 1007,
+    even in binary mode."""
+    sock, _ = bridge.connect()
+    with sock:
+        sock.sendall(client_frame(OP_TEXT, b"ok \xff\xfe"))
+        result = expect_close(sock)
+        assert result.code == 1007, result
+        assert_tcp_closed(sock)
+
+
+def test_binary_mode_utf8_character_split_across_fragments_is_relayed(bridge: Bridge) -> None:
+    """A valid text message whose 2-byte character is cut between two fragments is
+    valid UTF-8 as a whole and reaches the target as its bytes."""
+    text = "é".encode()
+    sock, index = bridge.connect()
+    with sock:
+        sock.sendall(client_frame(OP_TEXT, b"caf" + text[:1], fin=False)
+                     + client_frame(OP_CONT, text[1:]))
+        assert read_data(FrameReader(sock), 5)[1] == b"caf" + text
+    assert bridge.target.peer(index).received() == b"caf" + text
+
+
 def test_base64_message_split_inside_a_quartet_is_decoded_whole(bridge: Bridge) -> None:
     """Fragmentation is transparent: "aGV" + "sbG8=" is one base64 message, "hello"."""
     sock, index = bridge.connect(protocols="base64")
@@ -312,6 +362,24 @@ def test_frames_dribbled_one_byte_per_write_are_reassembled(bridge: Bridge) -> N
         for byte in client_frame(OP_BINARY, payload):
             sock.sendall(bytes([byte]))
         assert read_data(FrameReader(sock), len(payload))[1] == payload
+
+
+def test_frames_sent_in_the_same_write_as_the_handshake_are_relayed(bridge: Bridge) -> None:
+    """A client that pipelines its first frames behind the upgrade request (one
+    write, one frame cut in half) loses nothing: every byte reaches the target."""
+    index = len(bridge.target.peers)
+    request = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n")
+    second = client_frame(OP_BINARY, b"-second-" * 100)
+    with socket.create_connection(("127.0.0.1", bridge.server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(request + client_frame(OP_BINARY, b"first") + second[:300])
+        head = read_http_head(sock)
+        assert http_status(head) == 101, head
+        sock.sendall(second[300:])
+        _, data = read_data(FrameReader(sock), 5 + 800)
+        assert data == b"first" + b"-second-" * 100
+    assert bridge.target.peer(index).received().startswith(b"first-second-")
 
 
 # ---------------------------------------------------------------------------
@@ -391,3 +459,4 @@ def test_server_keeps_serving_after_many_violations(bridge: Bridge) -> None:
     server process still bridges."""
     assert bridge.server.proc.poll() is None
     echo_roundtrip(bridge.server.port)
+    assert "Traceback" not in bridge.server.log(), "a client's error crashed a handler"

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect as async_connect
+from websockets.typing import Subprotocol
 
 from tests.bridge_support import (
     OP_BINARY,
@@ -178,7 +179,7 @@ def test_two_hundred_concurrent_clients_each_get_their_own_bytes(
     async def one_client(port: int, index: int) -> bool:
         rng = random.Random(index)
         messages = [rng.randbytes(rng.randint(1, 32 * 1024)) for _ in range(3)]
-        async with async_connect(f"ws://127.0.0.1:{port}/", subprotocols=["binary"],
+        async with async_connect(f"ws://127.0.0.1:{port}/", subprotocols=[Subprotocol("binary")],
                                  open_timeout=30, close_timeout=TIMEOUT, max_size=None,
                                  compression=None, ping_interval=None, proxy=None) as ws:
             for message in messages:
@@ -186,7 +187,9 @@ def test_two_hundred_concurrent_clients_each_get_their_own_bytes(
             expected = b"".join(messages)
             received = bytearray()
             while len(received) < len(expected):
-                received += await ws.recv()
+                reply = await ws.recv()
+                assert isinstance(reply, bytes), "binary mode must send binary messages"
+                received += reply
             return bytes(received) == expected
 
     async def run_all(port: int) -> list[bool]:

@@ -43,6 +43,11 @@ class UpgradeHandler(WSGIHandler):
         self.socket.settimeout(self.server.handshake_timeout)
         try:
             super().handle()
+        except OSError as exc:
+            # The client reset or vanished mid-request (gevent then fails to send
+            # its 400): the peer's doing, worth a debug line, not a traceback.
+            logger.debug("%s: connection lost during the request: %s",
+                         _peer_name(self.client_address), exc)
         finally:
             self._end_request_deadline()
 
@@ -59,13 +64,28 @@ class UpgradeHandler(WSGIHandler):
 
     def read_request(self, raw_requestline: str) -> bool:
         try:
-            return bool(super().read_request(raw_requestline))
+            parsed = bool(super().read_request(raw_requestline))
         except http.client.HTTPException as exc:
             # e.g. "got more than 100 headers": the client's fault, answered 400
             # (gevent would print a traceback for anything but ValueError).
             raise ValueError(f"bad request headers: {exc}") from None
         except TimeoutError:
             raise ValueError("request headers timed out") from None
+        if self.headers.defects:
+            # e.g. a header line without a colon: the parser silently drops every
+            # header after it, which could turn an upgrade into a plain GET.
+            raise ValueError(f"malformed request headers: {self.headers.defects[0]!r}")
+        return parsed
+
+    def _handle_client_error(self, ex: BaseException) -> object:
+        # gevent's hook for invalid requests.  A vanished client gets no answer (gevent
+        # would print a traceback and then fail to send its 400); anything else is
+        # answered 400 by gevent, which logs one line.
+        if isinstance(ex, OSError):
+            logger.debug("%s: connection lost during the request: %s",
+                         _peer_name(self.client_address), ex)
+            return None
+        return super()._handle_client_error(ex)
 
     def _end_request_deadline(self) -> None:
         if self._deadline is not None:

@@ -44,9 +44,17 @@ from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong
 logger = logging.getLogger(__name__)
 
 #: Bytes asked for per recv().  Large reads let one call carry many frames (or a
-#: whole 64 KiB message); the buffer lives only until it is sent on, so an idle
-#: connection holds none.
+#: whole 64 KiB message).
 RECV_SIZE = 256 * 1024
+
+#: The one buffer every relay of this process reads into.  Greenlets run one at a
+#: time and never switch between a read and its processing, and whatever must
+#: outlive that step is copied out of it (unmasking writes new buffers; output the
+#: socket did not take at once is copied by ``_send_some``).  So an idle connection
+#: holds no read buffer, and no read pays for allocating (and, at this size, mmap-ing
+#: and unmapping) a fresh one.
+_read_buffer = bytearray(RECV_SIZE)
+_read_view = memoryview(_read_buffer)
 #: Seconds to wait for the client's answer to our Close (and for output to drain).
 CLOSE_TIMEOUT = 2.0
 #: More pieces than this are joined before sendmsg (the kernel caps iovecs at 1024).
@@ -201,7 +209,7 @@ class Relay:
 
     def _read_client(self) -> None:
         try:
-            data = self._client.recv(RECV_SIZE)
+            data = _read_view[: self._client.recv_into(_read_buffer)]
         except BlockingIOError:
             return
         except OSError as exc:
@@ -253,7 +261,7 @@ class Relay:
 
     def _read_target(self) -> None:
         try:
-            data = self._target.recv(RECV_SIZE)
+            data = _read_view[: self._target.recv_into(_read_buffer)]
         except BlockingIOError:
             return
         except OSError as exc:
@@ -330,16 +338,23 @@ def _send_some(sock: socket.socket, pieces: list[Buffer]) -> list[Buffer]:
     try:
         sent = sock.send(pieces[0]) if len(pieces) == 1 else sock.sendmsg(pieces)
     except BlockingIOError:
-        return pieces
+        return [_own(piece) for piece in pieces]
     for index, piece in enumerate(pieces):
         size = memoryview(piece).nbytes
         if sent < size:
-            rest = pieces[index:]
+            rest = [_own(rest_piece) for rest_piece in pieces[index:]]
             if sent:
-                rest[0] = memoryview(piece)[sent:]
+                rest[0] = memoryview(rest[0])[sent:]
             return rest
         sent -= size
     return []
+
+
+def _own(piece: Buffer) -> Buffer:
+    """``piece``, copied if it lies in the shared read buffer (it must wait for the socket)."""
+    if isinstance(piece, memoryview) and piece.obj is _read_buffer:
+        return bytes(piece)
+    return piece
 
 
 def _shutdown(sock: socket.socket, how: int) -> None:

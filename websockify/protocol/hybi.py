@@ -21,7 +21,7 @@ import struct
 from collections.abc import Callable
 
 from websockify.errors import FrameError
-from websockify.protocol.base64stream import Base64Decoder
+from websockify.protocol.base64stream import INVALID_PAYLOAD, Base64Decoder
 from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Ping, Pong
 from websockify.protocol.masking import unmask
 
@@ -34,7 +34,6 @@ OP_PONG = 0xA
 _DATA_OPCODES = frozenset((OP_CONTINUATION, OP_TEXT, OP_BINARY))
 _CONTROL_OPCODES = frozenset((OP_CLOSE, OP_PING, OP_PONG))
 
-INVALID_PAYLOAD = 1007
 MESSAGE_TOO_BIG = 1009
 
 #: The most a control frame may carry (RFC 6455 section 5.5).
@@ -80,6 +79,8 @@ class HybiCodec(Codec):
     (unmasking writes every byte to a new buffer, and header or control bytes
     kept between calls are copied), so the caller may pass any bytes-like object,
     even a buffer it reuses for the next read.
+
+    After a Close event, or a FrameError, further input is ignored.
 
     Text frames are relayed too: in "binary" mode (or with no subprotocol) as
     their bytes, after checking that each message is UTF-8; in "base64" mode their

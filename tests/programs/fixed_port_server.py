@@ -1,0 +1,80 @@
+"""A TCP echo server on a fixed port, as a wrapped program of the launcher tests.
+
+It binds the port it is given (IPv4, IPv6 or both, on the wildcard address) as a
+VNC server binds 5901, so rebind.so has to move it.  A client line ``EXIT n``
+makes it exit with status n.  ``--helper`` starts a long-lived child process (a
+session's worth of descendants that must not outlive websockify); ``--delay``
+waits before listening (clients must wait for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import selectors
+import socket
+import subprocess
+import sys
+import time
+
+
+def listeners(port: int, family: str) -> list[socket.socket]:
+    socks = []
+    if family in ("4", "both"):
+        v4 = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        v4.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v4.bind(("0.0.0.0", port))
+        socks.append(v4)
+    if family in ("6", "both"):
+        v6 = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        v6.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        v6.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        v6.bind(("::", port))
+        socks.append(v6)
+    for sock in socks:
+        sock.listen(16)
+    return socks
+
+
+def serve(socks: list[socket.socket]) -> int:
+    selector = selectors.DefaultSelector()
+    for sock in socks:
+        selector.register(sock, selectors.EVENT_READ)
+    while True:
+        for key, _ in selector.select():
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock in socks:
+                conn, _ = sock.accept()
+                selector.register(conn, selectors.EVENT_READ)
+                continue
+            data = sock.recv(65536)
+            if not data:
+                selector.unregister(sock)
+                sock.close()
+            elif data.startswith(b"EXIT "):
+                return int(data.split()[1])
+            else:
+                sock.sendall(data)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--family", choices=("4", "6", "both"), default="4")
+    parser.add_argument("--delay", type=float, default=0.0)
+    parser.add_argument("--helper", action="store_true")
+    parser.add_argument("--pidfile", help="append this process's pid (and its helper's)")
+    args = parser.parse_args()
+    pids = [os.getpid()]
+    if args.helper:
+        pids.append(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+    if args.pidfile:
+        with open(args.pidfile, "a") as out:
+            out.write("".join(f"{pid}\n" for pid in pids))
+    time.sleep(args.delay)
+    return serve(listeners(args.port, args.family))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
