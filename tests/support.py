@@ -8,6 +8,7 @@ environment variable WEBSOCKIFY_TEST_TIMEOUT_SCALE on slow machines).
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import re
 import signal
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -29,7 +30,8 @@ LISTENING = re.compile(r"listening on (?:\[(?P<h6>[^\]]+)\]|(?P<h4>[^\s:]+)):(?P
 class TcpServer:
     """A threaded TCP server on 127.0.0.1:0 running ``serve(conn)`` per connection."""
 
-    def __init__(self, serve, family: int = socket.AF_INET, host: str = "127.0.0.1") -> None:
+    def __init__(self, serve: Callable[[socket.socket], None], family: int = socket.AF_INET,
+                 host: str = "127.0.0.1") -> None:
         self._serve = serve
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -60,10 +62,8 @@ class TcpServer:
     def close(self) -> None:
         self.sock.close()
         for conn in self.connections:
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
 
 def echo(conn: socket.socket) -> None:
@@ -83,7 +83,7 @@ class Websockify:
     """
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 wait_listening: bool = True, stdin=None) -> None:
+                 wait_listening: bool = True, stdin: object = None) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -117,7 +117,8 @@ class Websockify:
             if self.proc.poll() is not None:
                 break
             time.sleep(0.02)
-        raise AssertionError(f"no {what} ({regex.pattern!r}); exit={self.proc.poll()}\n{self.log()}")
+        raise AssertionError(
+            f"no {what} ({regex.pattern!r}); exit={self.proc.poll()}\n{self.log()}")
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
@@ -145,8 +146,8 @@ def websockify(tmp_path: Path, *args: str, **kwargs) -> Iterator[Websockify]:
 # A raw-socket RFC 6455 client, written independently of the server's codec so
 # that the tests check the server against the RFC, not against itself.
 
-def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | None = b"\x37\xfa\x21\x3d",
-                 rsv: int = 0) -> bytes:
+def client_frame(opcode: int, payload: bytes, fin: bool = True,
+                 mask: bytes | None = b"\x37\xfa\x21\x3d", rsv: int = 0) -> bytes:
     """One client-to-server frame; ``mask=None`` sends it unmasked (a violation)."""
     first = (0x80 if fin else 0) | (rsv << 4) | opcode
     length = len(payload)
@@ -159,7 +160,10 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes | No
         header = struct.pack("!BBQ", first, mask_bit | 127, length)
     if mask is None:
         return header + payload
-    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if length < 4096 else _xor(payload, mask)
+    if length < 4096:
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    else:
+        masked = _xor(payload, mask)
     return header + mask + masked
 
 
@@ -208,7 +212,8 @@ def open_websocket(port: int, protocols: str | None = "binary", path: str = "/",
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     key = base64.b64encode(os.urandom(16)).decode()
     lines = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}", f"Sec-WebSocket-Version: {version}"]
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+             f"Sec-WebSocket-Version: {version}"]
     if protocols is not None:
         lines.append(f"Sec-WebSocket-Protocol: {protocols}")
     request = "\r\n".join(lines) + "\r\n" + extra + "\r\n"
