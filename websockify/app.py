@@ -10,7 +10,6 @@ import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import gevent
 from gevent import socket
 
 from websockify.errors import TargetError
@@ -76,9 +75,10 @@ class WebsockifyApp:
             if self._on_relay_end is not None:
                 self._on_relay_end()
 
-    def close_all(self, code: int, reason: str) -> list[gevent.Greenlet]:
-        """Start closing every running relay; returns the greenlets doing it."""
-        return [gevent.spawn(relay.close, code, reason) for relay in list(self.relays)]
+    def close_all(self, code: int, reason: str) -> None:
+        """Start the closing handshake of every running relay (returns at once)."""
+        for relay in list(self.relays):
+            relay.close(code, reason)
 
 
 def _describe(sock: socket.socket) -> str:

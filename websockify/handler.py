@@ -26,6 +26,7 @@ from websockify.relay import ClientConnection
 
 logger = logging.getLogger(__name__)
 
+
 class RequestTimeout(TimeoutError):
     """The client took longer than the handshake timeout to send its request.
 

@@ -280,6 +280,9 @@ class WrappedProgram:
     def _on_child(self, watcher: Any) -> None:
         """Every child reaped by gevent's loop (orphans of the program included)."""
         self._statuses[watcher.rpid] = watcher.rstatus
+        if self._root is not None and watcher.rpid == self._root.pid:
+            logger.info("wrapped command (pid %d) exited with status %d",
+                        watcher.rpid, exit_status(watcher.rstatus))
         if watcher.rstatus:
             self._last_failure = watcher.rstatus
         self._tree_changed = True
@@ -424,7 +427,10 @@ class WrappedProgram:
         children: dict[int, list[int]] = {}
         for pid, (ppid, _) in table.items():
             children.setdefault(ppid, []).append(pid)
-        pending = [pid for pid in children.get(os.getpid(), []) if self._is_ours(pid)]
+        # An unreaped child counts too (its environment is gone): stop() then waits
+        # until the loop has reaped it.
+        pending = [pid for pid in children.get(os.getpid(), [])
+                   if table[pid][1] == "Z" or self._is_ours(pid)]
         tree: dict[int, str] = {}
         while pending:
             pid = pending.pop()

@@ -121,9 +121,11 @@ def _shut_down(server: WebsockifyServer, app: WebsockifyApp, program: Any,
                settings: Settings) -> None:
     """Stop accepting, Close 1001 to every client, wait briefly, stop the program."""
     server.close()
-    closing = app.close_all(1001, "server shutting down")
-    gevent.joinall(closing, timeout=SHUTDOWN_GRACE)
-    server.stop(timeout=1.0)
+    app.close_all(1001, "server shutting down")
+    deadline = time.monotonic() + SHUTDOWN_GRACE
+    while app.relays and time.monotonic() < deadline:
+        gevent.sleep(0.05)
+    server.stop(timeout=0.5)  # what is left (idle HTTP keep-alives, stuck relays) is killed
     if program is not None:
         program.stop()
     if isinstance(settings.listen, UnixAddress):
