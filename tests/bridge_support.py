@@ -27,6 +27,7 @@ from websockets.sync.client import ClientConnection, connect, unix_connect
 from websockets.typing import Subprotocol
 
 from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, recv_exact
+from tests.support import echo as echo_each_connection
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -172,34 +173,9 @@ class FloodTarget:
         self._server.close()
 
 
-class UnixEchoServer:
-    """An echo server on a unix socket ``path`` (a thread per connection)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.bind(str(path))
-        self.sock.listen(16)
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
-
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
-        with conn, suppress(OSError):
-            while chunk := conn.recv(65536):
-                conn.sendall(chunk)
-
-    def close(self) -> None:
-        self.sock.close()
+def unix_echo_server(path: Path) -> TcpServer:
+    """An echo server on the unix socket ``path`` (a thread per connection)."""
+    return TcpServer(echo_each_connection, unix_path=path)
 
 
 @contextmanager

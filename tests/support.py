@@ -28,16 +28,24 @@ LISTENING = re.compile(r"listening on (?:\[(?P<h6>[^\]]+)\]|(?P<h4>[^\s:]+)):(?P
 
 
 class TcpServer:
-    """A threaded TCP server on 127.0.0.1:0 running ``serve(conn)`` per connection."""
+    """A threaded server running ``serve(conn)`` per connection.
+
+    TCP on 127.0.0.1 port 0 by default; ``unix_path`` makes it a unix-socket server.
+    """
 
     def __init__(self, serve: Callable[[socket.socket], None], family: int = socket.AF_INET,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", unix_path: Path | None = None) -> None:
         self._serve = serve
-        self.sock = socket.socket(family, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind((host, 0))
+        if unix_path is not None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.bind(str(unix_path))
+            self.port = 0
+        else:
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.sock.bind((host, 0))
+            self.port = self.sock.getsockname()[1]
         self.sock.listen(128)
-        self.port: int = self.sock.getsockname()[1]
         self.connections: list[socket.socket] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
         self._thread.start()

@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from tests.bridge_support import (
-    UnixEchoServer,
     echo_roundtrip,
     ipv6_loopback_available,
     recv_bytes,
+    unix_echo_server,
     wait_until,
     ws_connect,
     ws_unix_connect,
@@ -94,11 +94,11 @@ def test_prefer_ipv6_resolves_the_source_name_to_ipv6(tmp_path: Path,
 def test_unix_target(tmp_path: Path) -> None:
     """--unix-target FILE relays to a real unix-socket echo server."""
     path = tmp_path / "target.sock"
-    target = UnixEchoServer(path)
+    target = unix_echo_server(path)
     try:
         with websockify(tmp_path, "--unix-target", str(path), "127.0.0.1:0") as server:
             echo_roundtrip(server.port, b"through a unix socket" * 100)
-            assert target.accepted == 1
+            assert len(target.connections) == 1
     finally:
         target.close()
 
