@@ -24,7 +24,7 @@ class BuildWithRebind(build_py):
     def run(self) -> None:
         super().run()
         if not REBIND_SOURCE.exists():
-            return
+            raise SystemExit(f"websockify: {REBIND_SOURCE} is missing; rebind.so cannot be built")
         target = Path(self.build_lib) / "websockify" / "rebind.so"
         target.parent.mkdir(parents=True, exist_ok=True)
         compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")

@@ -11,8 +11,8 @@ is moved (the program's own port such as 5901, and websockify's port in upstream
 form); with ``program_port`` only that port and websockify's own are moved.
 
 websockify makes itself a child subreaper, so everything the program starts stays
-its descendant even when the program daemonizes: TigerVNC's ``vncserver`` forks and
-exits 0 at once, Xtigervnc goes on serving.  The tree is every descendant of a
+its descendant even when the program daemonizes: TigerVNC's ``vncserver`` forks, its
+first process exits 0, Xtigervnc goes on serving.  The tree is every descendant of a
 direct child that is the program or carries the report path in its environment
 (orphans are re-parented to us).  gevent's event loop reaps every child (a child
 watcher on pid 0), so nothing stays a zombie, and the status of the process that
@@ -23,8 +23,11 @@ watcher on pid 0), so nothing stays a zombie, and the status of the process that
 * ``respawn``: what is left of the tree is stopped and the program started again,
   at once after the first quick death, then with a doubling back-off.
 
-Before it listens, the program has failed when COMMAND exits non-zero, and has
-ended when its whole tree has.
+The status is the server's own when websockify reaps it (a daemon is re-parented
+to us), else that of its parent in the tree, which reaped it (vncserver's session
+process reaps Xtigervnc; ``sh -c`` passes its child's status on).  Before it
+listens, the program has failed when COMMAND exits non-zero, and has ended when
+its whole tree has.
 """
 
 from __future__ import annotations
@@ -69,6 +72,8 @@ IDLE_POLL = 0.25
 EAGER_POLL = 0.02
 #: How long the exit status of the serving process is awaited after it is gone.
 STATUS_WAIT = 1.0
+#: Seconds between SIGTERM and SIGKILL when the tree is stopped.
+GRACE = 5.0
 #: How long processes get to disappear after SIGKILL.
 KILL_WAIT = 5.0
 #: Liveness check of the serving process when no pidfd can be had.
@@ -170,6 +175,14 @@ class WrappedProgram:
     def __init__(self, command: Sequence[str], *, listen_port: int | None,
                  program_port: int | None, wrap_mode: str, rebind_path: str | None,
                  on_exit: Callable[[int], None]) -> None:
+        """Check the command line and find rebind.so; nothing runs before ``start()``.
+
+        ``listen_port`` is websockify's own port: a bind of the program to it is
+        moved too (upstream's form).  ``program_port`` (--wrap-port) picks the
+        listener to relay to and limits the moves to these two ports; without it
+        every listening bind is moved and the first listener is the target.
+        ``on_exit(status)`` is called in exit mode when the serving program ends.
+        """
         if not command:
             raise LauncherError("no command to wrap")
         if wrap_mode not in WRAP_MODES:
@@ -212,6 +225,7 @@ class WrappedProgram:
         try:
             self._spawn()
         except LauncherError:
+            self._child_watcher.stop()
             shutil.rmtree(self._dir, ignore_errors=True)
             raise
         self._monitor = gevent.spawn(self._follow)
@@ -232,7 +246,7 @@ class WrappedProgram:
             raise TargetError("the wrapped program has ended")
         raise TargetError(f"the wrapped program did not listen within {timeout:g}s")
 
-    def stop(self, grace: float = 5.0) -> None:
+    def stop(self, grace: float = GRACE) -> None:
         """SIGTERM the whole tree, SIGKILL what is left after ``grace`` seconds, reap it."""
         if self._stopping:
             return
@@ -314,7 +328,7 @@ class WrappedProgram:
 
     def _respawn(self) -> None:
         """Stop what is left of this generation, back off if it died quickly, start anew."""
-        self._stop_tree(grace=5.0)
+        self._stop_tree(GRACE)
         quick = time.monotonic() - self._started_at < QUICK_DEATH
         self._quick_deaths = self._quick_deaths + 1 if quick else 0
         delay = 0.0
@@ -330,47 +344,50 @@ class WrappedProgram:
             self._last_failure = 127 << 8
 
     def _wait_for_end(self) -> int:
-        """Follow one generation until its server (or, without one, its whole tree) ends."""
-        pidfd_watch: Any = None
-        pidfd = -1
-        try:
-            while True:
-                self._read_reports()
-                target = self._target
-                if target is not None and pidfd_watch is None:
-                    pidfd, pidfd_watch = self._watch_pid(target.pid)
-                if target is not None:
-                    if not _alive(target.pid):
-                        return self._server_status(target)
-                    timeout = None if pidfd_watch else PIDFD_FALLBACK_POLL
-                else:
-                    root = self._root.pid if self._root is not None else 0
-                    if self._statuses.get(root):
-                        return exit_status(self._statuses[root])
-                    if self._tree_changed:
-                        self._tree_changed = False
-                        if not self._tree():
-                            return exit_status(self._last_failure)
-                    timeout = EAGER_POLL if self._waiters else IDLE_POLL
-                self._wake.wait(timeout)
-                self._wake.clear()
-        finally:
-            if pidfd_watch:
-                pidfd_watch.stop()
-                pidfd_watch.close()
-                os.close(pidfd)
+        """Follow one generation until its server (or, without one, its tree) ends."""
+        server = self._wait_for_listener()
+        if isinstance(server, int):
+            return server
+        self._wait_while_alive(server.pid)
+        return self._server_status(server)
 
-    def _watch_pid(self, pid: int) -> tuple[int, Any]:
-        """Wake the follower when ``pid`` ends (a pidfd); (-1, False) if none is available."""
+    def _wait_for_listener(self) -> Listener | int:
+        """The generation's target once reported, or its exit status if it ends first."""
+        while True:
+            self._read_reports()
+            if self._target is not None:
+                return self._target
+            root = self._root.pid if self._root is not None else 0
+            if self._statuses.get(root):
+                return exit_status(self._statuses[root])
+            if self._tree_changed:
+                self._tree_changed = False
+                if not self._tree():
+                    return exit_status(self._last_failure)
+            self._wake.wait(EAGER_POLL if self._waiters else IDLE_POLL)
+            self._wake.clear()
+
+    def _wait_while_alive(self, pid: int) -> None:
+        """Return once ``pid`` has ended: woken by its pidfd, or polling without one."""
+        watch: Any = None
         try:
             pidfd = os.pidfd_open(pid)
-        except (AttributeError, OSError) as exc:
-            if getattr(exc, "errno", None) != errno.ESRCH:
-                logger.debug("no pidfd for pid %d (%s): polling", pid, exc)
-            return -1, False
-        watch = gevent.get_hub().loop.io(pidfd, 1)
-        watch.start(self._wake.set)
-        return pidfd, watch
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                return
+            logger.debug("no pidfd for pid %d (%s): polling", pid, exc)
+        else:
+            watch = gevent.get_hub().loop.io(pidfd, 1)
+            watch.start(self._wake.set)
+        try:
+            while _alive(pid):
+                self._wake.wait(None if watch is not None else PIDFD_FALLBACK_POLL)
+                self._wake.clear()
+        finally:
+            if watch is not None:
+                watch.stop()
+                watch.close()
+                os.close(pidfd)
 
     def _server_status(self, server: Listener) -> int:
         """The exit status of the process that served, once reaped (bounded wait).
@@ -378,9 +395,11 @@ class WrappedProgram:
         It is ours to reap when it was orphaned; otherwise its parent in the tree
         reaps it and usually ends with the same status, as ``sh -c`` does.
         """
+        # A parent that ended before the server cannot have reaped it: we did.
+        parent = self._target_parent if self._target_parent not in self._statuses else 0
         deadline = time.monotonic() + STATUS_WAIT
         while time.monotonic() < deadline:
-            for pid in (server.pid, self._target_parent):
+            for pid in (server.pid, parent):
                 if pid in self._statuses:
                     return exit_status(self._statuses[pid])
             self._wake.wait(deadline - time.monotonic())

@@ -2,8 +2,10 @@
 
 It binds the port it is given (IPv4, IPv6 or both, on the wildcard address) as a
 VNC server binds 5901, so rebind.so has to move it.  A client line ``EXIT n``
-makes it exit with status n.  ``--helper`` starts a long-lived child process (a
-session's worth of descendants that must not outlive websockify); ``--delay``
+makes it exit with status n; ``PORT?`` answers ``PORT p``, the port the listener
+that accepted the client was bound to.  ``--helper`` starts a long-lived child in a
+session of its own (as a VNC session script would be) that must not outlive
+websockify; ``--stubborn-helper`` starts one that ignores SIGTERM.  ``--delay``
 waits before listening (clients must wait for it).
 """
 
@@ -16,6 +18,8 @@ import socket
 import subprocess
 import sys
 import time
+
+STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
 
 
 def listeners(port: int, family: str) -> list[socket.socket]:
@@ -36,17 +40,18 @@ def listeners(port: int, family: str) -> list[socket.socket]:
     return socks
 
 
-def serve(socks: list[socket.socket]) -> int:
+def serve(socks: dict[socket.socket, int]) -> int:
+    """Echo on every listener; ``socks`` maps each to the port it was bound to."""
     selector = selectors.DefaultSelector()
-    for sock in socks:
-        selector.register(sock, selectors.EVENT_READ)
+    for sock, port in socks.items():
+        selector.register(sock, selectors.EVENT_READ, port)
     while True:
         for key, _ in selector.select():
             sock = key.fileobj
             assert isinstance(sock, socket.socket)
             if sock in socks:
                 conn, _ = sock.accept()
-                selector.register(conn, selectors.EVENT_READ)
+                selector.register(conn, selectors.EVENT_READ, key.data)
                 continue
             data = sock.recv(65536)
             if not data:
@@ -54,26 +59,31 @@ def serve(socks: list[socket.socket]) -> int:
                 sock.close()
             elif data.startswith(b"EXIT "):
                 return int(data.split()[1])
+            elif data == b"PORT?":
+                sock.sendall(b"PORT %d" % key.data)
             else:
                 sock.sendall(data)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--port", type=int, action="append", required=True)
     parser.add_argument("--family", choices=("4", "6", "both"), default="4")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--helper", action="store_true")
+    parser.add_argument("--stubborn-helper", action="store_true")
     parser.add_argument("--pidfile", help="append this process's pid (and its helper's)")
     args = parser.parse_args()
     pids = [os.getpid()]
     if args.helper:
         pids.append(subprocess.Popen(["sleep", "600"], start_new_session=True).pid)
+    if args.stubborn_helper:
+        pids.append(subprocess.Popen([sys.executable, "-c", STUBBORN]).pid)
     if args.pidfile:
         with open(args.pidfile, "a") as out:
             out.write("".join(f"{pid}\n" for pid in pids))
     time.sleep(args.delay)
-    return serve(listeners(args.port, args.family))
+    return serve({sock: port for port in args.port for sock in listeners(port, args.family)})
 
 
 if __name__ == "__main__":
