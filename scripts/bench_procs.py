@@ -82,14 +82,19 @@ def upstream_command(port: int, target: int) -> list[str]:
 
 
 def _upstream_installed() -> bool:
-    """True when .bench/upstream-venv already holds websockify UPSTREAM_VERSION."""
+    """True when .bench/upstream-venv already holds websockify UPSTREAM_VERSION.
+
+    Isolated mode (-I): run from the repository, a plain probe would find this
+    project's own websockify.egg-info on sys.path instead of upstream's.
+    """
     python = UPSTREAM_VENV / "bin" / "python"
     if not (UPSTREAM_VENV / "bin" / "websockify").exists() or not python.exists():
         return False
     probe = "import importlib.metadata as m; print(m.version('websockify'))"
     try:
         out = subprocess.run(
-            [str(python), "-c", probe], capture_output=True, text=True, timeout=60, check=True
+            [str(python), "-I", "-c", probe], capture_output=True, text=True, timeout=60,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return False
