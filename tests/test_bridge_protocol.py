@@ -55,9 +55,23 @@ class Bridge:
 
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bridge]:
+    """One server for the module: for tests that only look at the client side."""
     target = RecordingTarget()
     tmp = tmp_path_factory.mktemp("protocol")
     with websockify(tmp, "127.0.0.1:0", f"127.0.0.1:{target.port}") as server:
+        yield Bridge(server, target)
+    target.close()
+
+
+@pytest.fixture
+def fresh_bridge(tmp_path: Path) -> Iterator[Bridge]:
+    """A server and target of the test's own, for tests that check the target side.
+
+    With a shared target, a previous test's target connection may still be arriving
+    when this test counts them, and ``peer(index)`` would pick the wrong one.
+    """
+    target = RecordingTarget()
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{target.port}") as server:
         yield Bridge(server, target)
     target.close()
 
@@ -250,16 +264,17 @@ def test_invalid_utf8_close_reason_is_refused(bridge: Bridge) -> None:
 
 
 @pytest.mark.parametrize("payload", [b"!!!!", b"a===", "é".encode(), b"\xc3\x28"])
-def test_base64_mode_rejects_bad_base64_or_utf8_with_1007(bridge: Bridge, payload: bytes) -> None:
+def test_base64_mode_rejects_bad_base64_or_utf8_with_1007(fresh_bridge: Bridge,
+                                                         payload: bytes) -> None:
     """In base64 mode a text message that is not valid base64 (or not even
     UTF-8) → Close 1007 and TCP close; nothing of it reaches the target."""
-    sock, index = bridge.connect(protocols="base64")
+    sock, index = fresh_bridge.connect(protocols="base64")
     with sock:
         sock.sendall(client_frame(OP_TEXT, payload))
         result = expect_close(sock)
         assert result.code == 1007, f"{payload!r}: got {result.code}"
         assert_tcp_closed(sock)
-    peer = bridge.target.peer(index)
+    peer = fresh_bridge.target.peer(index)
     assert peer.eof.wait(TIMEOUT)
     assert peer.received() == b""
 
@@ -275,38 +290,38 @@ def test_binary_mode_text_message_with_invalid_utf8_gets_1007(bridge: Bridge) ->
         assert_tcp_closed(sock)
 
 
-def test_binary_mode_utf8_character_split_across_fragments_is_relayed(bridge: Bridge) -> None:
+def test_binary_mode_utf8_character_split_across_fragments_is_relayed(fresh_bridge: Bridge) -> None:
     """A valid text message whose 2-byte character is cut between two fragments is
     valid UTF-8 as a whole and reaches the target as its bytes."""
     text = "é".encode()
-    sock, index = bridge.connect()
+    sock, index = fresh_bridge.connect()
     with sock:
         sock.sendall(client_frame(OP_TEXT, b"caf" + text[:1], fin=False)
                      + client_frame(OP_CONT, text[1:]))
         assert read_data(FrameReader(sock), 5)[1] == b"caf" + text
-    assert bridge.target.peer(index).received() == b"caf" + text
+    assert fresh_bridge.target.peer(index).received() == b"caf" + text
 
 
-def test_base64_message_split_inside_a_quartet_is_decoded_whole(bridge: Bridge) -> None:
+def test_base64_message_split_inside_a_quartet_is_decoded_whole(fresh_bridge: Bridge) -> None:
     """Fragmentation is transparent: "aGV" + "sbG8=" is one base64 message, "hello"."""
-    sock, index = bridge.connect(protocols="base64")
+    sock, index = fresh_bridge.connect(protocols="base64")
     with sock:
         sock.sendall(client_frame(OP_TEXT, b"aGV", fin=False) + client_frame(OP_CONT, b"sbG8="))
         _, text = read_data(FrameReader(sock), 8)
         assert base64.b64decode(text) == b"hello"
-    assert bridge.target.peer(index).received() == b"hello"
+    assert fresh_bridge.target.peer(index).received() == b"hello"
 
 
-def test_bytes_of_frames_before_a_bad_frame_reach_the_target(bridge: Bridge) -> None:
+def test_bytes_of_frames_before_a_bad_frame_reach_the_target(fresh_bridge: Bridge) -> None:
     """Good frames sent in the same write as a bad one are still delivered."""
-    sock, index = bridge.connect()
+    sock, index = fresh_bridge.connect()
     with sock:
         sock.sendall(client_frame(OP_BINARY, b"first ") + client_frame(OP_BINARY, b"second")
                      + client_frame(OP_BINARY, b"bad", rsv=4))
         result = expect_close(sock)
         assert result.code == 1002
         assert_tcp_closed(sock)
-    peer = bridge.target.peer(index)
+    peer = fresh_bridge.target.peer(index)
     assert peer.eof.wait(TIMEOUT), "target connection not closed after the violation"
     assert peer.received() == b"first second"
 
@@ -324,9 +339,9 @@ def test_ping_is_answered_with_a_pong_of_the_same_payload(bridge: Bridge, payloa
         assert (opcode, fin, answer) == (OP_PONG, True, payload)
 
 
-def test_ping_inside_a_fragmented_message(bridge: Bridge) -> None:
+def test_ping_inside_a_fragmented_message(fresh_bridge: Bridge) -> None:
     """A ping between fragments is answered and the message is still relayed whole."""
-    sock, index = bridge.connect()
+    sock, index = fresh_bridge.connect()
     with sock:
         sock.sendall(client_frame(OP_BINARY, b"ab", fin=False) + client_frame(OP_PING, b"mid")
                      + client_frame(OP_CONT, b"cd", fin=False) + client_frame(OP_CONT, b"ef"))
@@ -341,16 +356,16 @@ def test_ping_inside_a_fragmented_message(bridge: Bridge) -> None:
                 data += payload
         assert pongs == [b"mid"]
         assert bytes(data) == b"abcdef"
-    assert bridge.target.peer(index).received().startswith(b"abcdef")
+    assert fresh_bridge.target.peer(index).received().startswith(b"abcdef")
 
 
-def test_unsolicited_pong_is_ignored(bridge: Bridge) -> None:
+def test_unsolicited_pong_is_ignored(fresh_bridge: Bridge) -> None:
     """A pong nobody asked for neither closes the connection nor reaches the target."""
-    sock, index = bridge.connect()
+    sock, index = fresh_bridge.connect()
     with sock:
         sock.sendall(client_frame(OP_PONG, b"unsolicited") + client_frame(OP_BINARY, b"after"))
         assert read_data(FrameReader(sock), 5)[1] == b"after"
-    assert bridge.target.peer(index).received() == b"after"
+    assert fresh_bridge.target.peer(index).received() == b"after"
 
 
 def test_frames_dribbled_one_byte_per_write_are_reassembled(bridge: Bridge) -> None:
@@ -364,34 +379,34 @@ def test_frames_dribbled_one_byte_per_write_are_reassembled(bridge: Bridge) -> N
         assert read_data(FrameReader(sock), len(payload))[1] == payload
 
 
-def test_frames_sent_in_the_same_write_as_the_handshake_are_relayed(bridge: Bridge) -> None:
+def test_frames_sent_in_the_same_write_as_the_handshake_are_relayed(fresh_bridge: Bridge) -> None:
     """A client that pipelines its first frames behind the upgrade request (one
     write, one frame cut in half) loses nothing: every byte reaches the target."""
-    index = len(bridge.target.peers)
+    index = len(fresh_bridge.target.peers)
     request = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n")
     second = client_frame(OP_BINARY, b"-second-" * 100)
-    with socket.create_connection(("127.0.0.1", bridge.server.port), timeout=TIMEOUT) as sock:
+    with socket.create_connection(("127.0.0.1", fresh_bridge.server.port), timeout=TIMEOUT) as sock:
         sock.sendall(request + client_frame(OP_BINARY, b"first") + second[:300])
         head = read_http_head(sock)
         assert http_status(head) == 101, head
         sock.sendall(second[300:])
         _, data = read_data(FrameReader(sock), 5 + 800)
         assert data == b"first" + b"-second-" * 100
-    assert bridge.target.peer(index).received().startswith(b"first-second-")
+    assert fresh_bridge.target.peer(index).received().startswith(b"first-second-")
 
 
 # ---------------------------------------------------------------------------
 # Closing
 
-def test_client_close_is_answered_and_the_target_sees_eof(bridge: Bridge) -> None:
+def test_client_close_is_answered_and_the_target_sees_eof(fresh_bridge: Bridge) -> None:
     """Client Close 1000 → the server answers Close, closes TCP, and the target
     connection gets EOF."""
-    sock, index = bridge.connect()
+    sock, index = fresh_bridge.connect()
     with sock:
         sock.sendall(client_frame(OP_BINARY, b"data"))
-        peer = bridge.target.peer(index)
+        peer = fresh_bridge.target.peer(index)
         send_close(sock, 1000, b"bye")
         result = expect_close(sock)
         assert result.code in (1000, None), result
