@@ -26,8 +26,10 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 from websockify import listeners, target
 from websockify.app import ConnectTarget, WebsockifyApp
 from websockify.handler import UpgradeHandler
+from websockify.launcher import WrappedProgram
 from websockify.protocol.handshake import HandshakeOptions
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
+from websockify.static import StaticFiles
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +119,7 @@ def _on_signal(signum: int, stopped: AsyncResult) -> None:
         stopped.set(0)
 
 
-def _shut_down(server: WebsockifyServer, app: WebsockifyApp, program: Any,
+def _shut_down(server: WebsockifyServer, app: WebsockifyApp, program: WrappedProgram | None,
                settings: Settings) -> None:
     """Stop accepting, Close 1001 to every client, wait briefly, stop the program."""
     server.close()
@@ -164,11 +166,13 @@ def _stop_when_idle(seconds: float, server: WebsockifyServer, stopped: AsyncResu
         gevent.sleep(min(1.0, max(0.05, seconds - idle_for)))
 
 
-def _target_opener(settings: Settings, program: Any, timeout: float) -> ConnectTarget:
+def _target_opener(settings: Settings, program: WrappedProgram | None,
+                   timeout: float) -> ConnectTarget:
     """How each connection reaches its target: a fixed address or the wrapped program."""
     fixed = settings.target
     if fixed is not None:
         return lambda environ: target.connect(fixed, timeout)
+    assert program is not None, "cli guarantees a target or a wrapped program"
 
     def connect_to_program(environ: dict[str, Any]) -> socket.socket:
         host, port = program.wait_for_target(timeout)
@@ -177,11 +181,10 @@ def _target_opener(settings: Settings, program: Any, timeout: float) -> ConnectT
     return connect_to_program
 
 
-def _start_program(settings: Settings, listener: socket.socket, stopped: AsyncResult) -> Any:
+def _start_program(settings: Settings, listener: socket.socket,
+                   stopped: AsyncResult) -> WrappedProgram | None:
     if settings.wrap is None:
         return None
-    from websockify.launcher import WrappedProgram
-
     wrap = settings.wrap
     own_port = listener.getsockname()[1] if isinstance(settings.listen, TcpAddress) else None
     program = WrappedProgram(
@@ -192,11 +195,9 @@ def _start_program(settings: Settings, listener: socket.socket, stopped: AsyncRe
     return program
 
 
-def _static_files(settings: Settings) -> Any:
+def _static_files(settings: Settings) -> StaticFiles | None:
     if settings.web is None:
         return None
-    from websockify.static import StaticFiles
-
     return StaticFiles(settings.web, file_only=settings.file_only)
 
 
