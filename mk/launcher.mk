@@ -14,6 +14,7 @@ LAUNCHER_PIP_PACKAGES := selenium
 DEMO_APT_PACKAGES := gcc libc6-dev python3-venv tigervnc-standalone-server \
 	tigervnc-tools xauth xterm novnc
 DEMO_PORT ?= 6080
+DEMO_LISTEN ?= 127.0.0.1
 NOVNC_DIR ?= /usr/share/novnc
 
 # `make -B rebind REBIND_DEBUG=1` builds a shim that traces every move on stderr.
@@ -31,6 +32,7 @@ websockify/rebind.so: rebind/rebind.c
 demo:
 	@$(MAKE) --no-print-directory system-packages APT_PACKAGES="$(DEMO_APT_PACKAGES)"
 	@$(MAKE) --no-print-directory venv rebind
-	DEMO_PORT=$(DEMO_PORT) NOVNC_DIR=$(NOVNC_DIR) PYTHON=$(abspath $(PY)) scripts/demo.sh
+	DEMO_PORT=$(DEMO_PORT) DEMO_LISTEN=$(DEMO_LISTEN) NOVNC_DIR=$(NOVNC_DIR) \
+		PYTHON=$(abspath $(PY)) scripts/demo.sh
 
 .DEFAULT_GOAL := $(_launcher_default_goal)

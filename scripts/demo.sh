@@ -5,6 +5,9 @@
 set -eu
 
 port=${DEMO_PORT:-6080}
+# The desktop has no VNC password: serve it on loopback unless told otherwise
+# (DEMO_LISTEN=0.0.0.0 make demo, on a machine you trust the network of).
+listen=${DEMO_LISTEN:-127.0.0.1}
 novnc=${NOVNC_DIR:-/usr/share/novnc}
 python=${PYTHON:-.venv/bin/python}
 
@@ -23,6 +26,6 @@ echo
 echo "  Open http://localhost:$port/vnc.html?autoconnect=1&resize=remote"
 echo "  (VNC display :$display, no password; Ctrl-C here stops it all)"
 echo
-exec "$python" -m websockify --web "$novnc" "$port" -- \
+exec "$python" -m websockify --web "$novnc" "$listen:$port" -- \
     vncserver ":$display" -SecurityTypes None --I-KNOW-THIS-IS-INSECURE \
     -localhost yes -geometry 1280x800 -xstartup /usr/bin/xterm
