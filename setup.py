@@ -50,8 +50,9 @@ setup(
     package_data={"websockify": ["rebind.so", "py.typed"]},
     install_requires=["gevent>=22.10", "gevent-websocket>=0.10.1", "numpy>=1.22"],
     extras_require={
+        "gunicorn": ["gunicorn>=21"],
         "test": ["pytest>=7", "pytest-timeout", "hypothesis", "websockets>=12",
-                 "ruff", "mypy"],
+                 "gunicorn>=21", "ruff", "mypy"],
     },
     entry_points={"console_scripts": ["websockify = websockify.cli:main"]},
     cmdclass={"build_py": BuildWithRebind},

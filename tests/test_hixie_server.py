@@ -29,11 +29,8 @@ from tests.support import (
     TIMEOUT,
     TcpServer,
     Websockify,
-    client_frame,
     echo,
-    open_websocket,
     read_http_head,
-    read_server_frame,
     recv_exact,
     websockify,
 )
@@ -331,46 +328,6 @@ def test_close_handshake_is_answered_and_closes_the_target(
         while target_side.fileno() != -1 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert target_side.fileno() == -1, "the target connection was not closed"
-
-
-def test_hixie_moves_at_least_a_third_of_hybi_base64_throughput(server: Websockify) -> None:
-    """The same 16 MiB, echoed in 64 KiB messages, by raw clients of each kind."""
-    payload = os.urandom(64 * 1024)
-    text = base64.b64encode(payload)
-    count = 256
-
-    def hybi_rate() -> float:
-        sock, head = open_websocket(server.port, protocols="base64")
-        assert head.startswith(b"HTTP/1.1 101 "), head
-        wire = client_frame(0x1, text) * count
-        started = time.perf_counter()
-        sender = threading.Thread(target=sock.sendall, args=(wire,), daemon=True)
-        sender.start()
-        received = 0
-        while received < len(payload) * count:
-            opcode, _, data = read_server_frame(sock)
-            assert opcode == 0x1
-            received += len(base64.b64decode(data))
-        elapsed = time.perf_counter() - started
-        sender.join(TIMEOUT)
-        sock.close()
-        return received / elapsed
-
-    def hixie_rate() -> float:
-        client = HixieClient(server.port, 76)
-        wire = frame(payload) * count
-        started = time.perf_counter()
-        sender = threading.Thread(target=client.send, args=(wire,), daemon=True)
-        sender.start()
-        received = len(client.read_payload(len(payload) * count))
-        elapsed = time.perf_counter() - started
-        sender.join(TIMEOUT)
-        client.close()
-        return received / elapsed
-
-    hybi = max(hybi_rate() for _ in range(2))
-    hixie = max(hixie_rate() for _ in range(2))
-    assert hixie >= hybi / 3, f"Hixie {hixie / 1e6:.0f} MB/s, HyBi base64 {hybi / 1e6:.0f} MB/s"
 
 
 # ---------------------------------------------------------------- refusals

@@ -1,7 +1,11 @@
 """The WSGI application: WebSocket upgrades go to the relay, other requests to --web.
 
-The same object serves under websockify's own server and, later, under any
-gevent-websocket capable WSGI server: it only looks at ``environ``.
+One object serves under websockify's own server and under gunicorn.  It only
+looks at ``environ``: ``environ['wsgi.websocket']`` holds either our
+:class:`~websockify.relay.ClientConnection` (our handler answered the handshake)
+or gevent-websocket's ``WebSocket`` (its handler did), which is adopted here so
+that the relay, not gevent-websocket, reads the frames.  The application also
+carries the handshake settings, so any server running our handler finds them.
 """
 
 from __future__ import annotations
@@ -12,8 +16,15 @@ from typing import Any
 
 from gevent import socket
 
+from websockify import target
 from websockify.errors import TargetError
+from websockify.handler import peer_name, take_buffered_input
+from websockify.launcher import WrappedProgram
+from websockify.protocol.handshake import HandshakeOptions
+from websockify.protocol.hybi import HybiCodec
 from websockify.relay import ClientConnection, Relay, refuse
+from websockify.settings import Settings, TcpAddress
+from websockify.static import StaticFiles
 
 logger = logging.getLogger(__name__)
 
@@ -31,21 +42,30 @@ class WebsockifyApp:
     def __init__(
         self,
         connect_target: ConnectTarget,
+        settings: Settings,
         *,
-        heartbeat: float = 0.0,
         static: WSGIApp | None = None,
         on_relay_end: Callable[[], None] | None = None,
     ) -> None:
         self._connect_target = connect_target
-        self._heartbeat = heartbeat
+        self._heartbeat = settings.heartbeat
         self._static = static
         self._on_relay_end = on_relay_end
+        #: Read by websockify.handler.UpgradeHandler, whichever server runs it.
+        self.handshake_timeout = settings.limits.handshake_timeout
+        self.handshake_options = HandshakeOptions(
+            max_message_size=settings.limits.max_message_size,
+            allow_hixie=settings.allow_hixie,
+        )
         self.relays: set[Relay] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
-        client = environ.get("wsgi.websocket")
-        if isinstance(client, ClientConnection):
-            self._serve_websocket(client, environ)
+        websocket = environ.get("wsgi.websocket")
+        if websocket is not None:
+            if isinstance(websocket, ClientConnection):
+                self._serve_websocket(websocket, environ)
+            else:
+                self._serve_gevent_websocket(websocket, environ)
             return []
         if self._static is not None:
             return self._static(environ, start_response)
@@ -56,16 +76,49 @@ class WebsockifyApp:
         ])
         return [_NOT_ALLOWED]
 
+    def app_protocol(self, path: str) -> str:
+        """gevent-websocket's hook: the one subprotocol its own handshake may accept.
+
+        Its handshake can pick only one name, blind to the client's list: binary,
+        which every current client (noVNC included) offers or does without.
+        """
+        return "binary"
+
+    def close_all(self, code: int, reason: str) -> None:
+        """Start the closing handshake of every running relay (returns at once)."""
+        for relay in list(self.relays):
+            relay.close(code, reason)
+
+    def _serve_gevent_websocket(self, websocket: Any, environ: dict[str, Any]) -> None:
+        """Relay a connection whose RFC 6455 handshake gevent-websocket answered.
+
+        Its socket and the bytes its reader buffered are taken over; gevent-websocket
+        is told the connection is closed, so it writes nothing more on it.
+        """
+        handler = websocket.handler
+        offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
+        chosen = self.app_protocol(environ.get("PATH_INFO", ""))
+        codec = HybiCodec(chosen if chosen in offered else None,
+                          self.handshake_options.max_message_size)
+        client = ClientConnection(
+            handler.socket, codec, take_buffered_input(handler.rfile, handler.socket),
+            peer_name(handler.client_address), str(environ.get("wsgi.websocket_version")),
+        )
+        try:
+            self._serve_websocket(client, environ)
+        finally:
+            websocket.closed = True
+
     def _serve_websocket(self, client: ClientConnection, environ: dict[str, Any]) -> None:
         try:
             try:
-                target = self._connect_target(environ)
+                target_socket = self._connect_target(environ)
             except TargetError as error:
                 logger.warning("%s: %s", client.peer, error)
                 refuse(client, 1011, str(error))
                 return
-            logger.info("%s: connected to target %s", client.peer, _describe(target))
-            relay = Relay(client, target, self._heartbeat)
+            logger.info("%s: connected to target %s", client.peer, _describe(target_socket))
+            relay = Relay(client, target_socket, self._heartbeat)
             self.relays.add(relay)
             try:
                 relay.run()
@@ -75,10 +128,30 @@ class WebsockifyApp:
             if self._on_relay_end is not None:
                 self._on_relay_end()
 
-    def close_all(self, code: int, reason: str) -> None:
-        """Start the closing handshake of every running relay (returns at once)."""
-        for relay in list(self.relays):
-            relay.close(code, reason)
+
+def create_app(settings: Settings, program: WrappedProgram | None = None,
+               on_relay_end: Callable[[], None] | None = None) -> WebsockifyApp:
+    """The application for ``settings``: its target (or ``program``) and --web files."""
+    static = StaticFiles(settings.web, file_only=settings.file_only) if settings.web else None
+    return WebsockifyApp(
+        _target_opener(settings, program, settings.limits.connect_timeout), settings,
+        static=static, on_relay_end=on_relay_end,
+    )
+
+
+def _target_opener(settings: Settings, program: WrappedProgram | None,
+                   timeout: float) -> ConnectTarget:
+    """How each connection reaches its target: a fixed address or the wrapped program."""
+    fixed = settings.target
+    if fixed is not None:
+        return lambda environ: target.connect(fixed, timeout)
+    assert program is not None, "cli guarantees a target or a wrapped program"
+
+    def connect_to_program(environ: dict[str, Any]) -> socket.socket:
+        host, port = program.wait_for_target(timeout)
+        return target.connect(TcpAddress(host, port), timeout)
+
+    return connect_to_program
 
 
 def _describe(sock: socket.socket) -> str:
@@ -87,6 +160,5 @@ def _describe(sock: socket.socket) -> str:
     except OSError:
         return "?"
     if isinstance(name, tuple):
-        host, port = name[0], name[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return peer_name(name)
     return f"unix:{name}"

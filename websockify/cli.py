@@ -40,10 +40,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line, not the whole usage text."""
+    """argparse, but a usage error is a ConfigError: one line, not the usage text."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        raise ConfigError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,24 +92,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse(argv: Sequence[str]) -> Settings:
-    """Settings from a command line (without the program name); exits 2 on errors."""
+def parse(argv: Sequence[str], *, for_wsgi: bool = False) -> Settings:
+    """Settings from a command line (without the program name); raises ConfigError.
+
+    ``for_wsgi``: the arguments of an application that a WSGI server (gunicorn)
+    runs, so no listening address and none of the options of our own server.
+    """
     argv = list(argv)
     wrap_command: list[str] = []
     if "--" in argv:
         split = argv.index("--")
         argv, wrap_command = argv[:split], argv[split + 1:]
-    parser = build_parser()
-    opts = parser.parse_args(argv)
-    try:
-        return _settings(opts, wrap_command)
-    except ConfigError as error:
-        parser.error(str(error))
+    opts = build_parser().parse_args(argv)
+    if for_wsgi:
+        _refuse_server_options(opts, wrap_command)
+    return _settings(opts, wrap_command, for_wsgi)
 
 
-def _settings(opts: argparse.Namespace, wrap_command: list[str]) -> Settings:
+def _refuse_server_options(opts: argparse.Namespace, wrap_command: list[str]) -> None:
+    """Options that only websockify's own server can honour are errors under WSGI."""
+    given = {
+        "a wrapped program (-- COMMAND)": bool(wrap_command),
+        "--run-once": opts.run_once,
+        "--timeout": bool(opts.timeout),
+        "--idle-timeout": bool(opts.idle_timeout),
+        "--unix-listen": bool(opts.unix_listen),
+        "--inetd": opts.inetd,
+        "--prefer-ipv6": opts.prefer_ipv6,
+        "--max-connections": opts.max_connections != Limits().max_connections,
+    }
+    for option, present in given.items():
+        if present:
+            raise ConfigError(f"{option} needs websockify's own server, not a WSGI server "
+                              "(use the WSGI server's own settings)")
+
+
+def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool) -> Settings:
     positional = list(opts.addresses)
-    listen = _listen(opts, positional)
+    listen = None if for_wsgi else _listen(opts, positional)
     if wrap_command or opts.unix_target:
         target: Target | None = UnixAddress(opts.unix_target) if opts.unix_target else None
         if wrap_command and opts.unix_target:
@@ -231,7 +251,11 @@ def setup_logging(verbose: bool, log_file: str | None) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``websockify`` command; returns the exit status."""
-    settings = parse(sys.argv[1:] if argv is None else argv)
+    try:
+        settings = parse(sys.argv[1:] if argv is None else argv)
+    except ConfigError as error:
+        sys.stderr.write(f"websockify: error: {error} (see --help)\n")
+        return 2
     try:
         setup_logging(settings.verbose, settings.log_file)
     except OSError as exc:

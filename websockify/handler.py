@@ -38,17 +38,20 @@ class UpgradeHandler(WSGIHandler):
     """One client connection: HTTP requests, or one WebSocket upgrade then the relay."""
 
     _deadline: gevent.Timeout | None = None
+    _app: Any = None
 
     def handle(self) -> None:
-        # Each read also gets the timeout, so a stalled send of a response is bounded.
-        self.socket.settimeout(self.server.handshake_timeout)
+        # The application carries the handshake settings: the server may be ours or
+        # gunicorn's.  Each read also gets the timeout, so a stalled send is bounded.
+        self._app = self.server.application
+        self.socket.settimeout(self._app.handshake_timeout)
         try:
             super().handle()
         except OSError as exc:
             # The client reset or vanished mid-request (gevent then fails to send
             # its 400): the peer's doing, worth a debug line, not a traceback.
             logger.debug("%s: connection lost during the request: %s",
-                         _peer_name(self.client_address), exc)
+                         peer_name(self.client_address), exc)
         finally:
             self._end_request_deadline()
 
@@ -58,7 +61,7 @@ class UpgradeHandler(WSGIHandler):
         # time is dropped as surely as one that stalls.
         self._end_request_deadline()
         self._deadline = gevent.Timeout(
-            self.server.handshake_timeout, RequestTimeout("request timed out"))
+            self._app.handshake_timeout, RequestTimeout("request timed out"))
         self._deadline.start()
         line: str = super().read_requestline()
         return line
@@ -84,7 +87,7 @@ class UpgradeHandler(WSGIHandler):
         # answered 400 by gevent, which logs one line.
         if isinstance(ex, OSError):
             logger.debug("%s: connection lost during the request: %s",
-                         _peer_name(self.client_address), ex)
+                         peer_name(self.client_address), ex)
             return None
         return super()._handle_client_error(ex)
 
@@ -121,10 +124,10 @@ class UpgradeHandler(WSGIHandler):
             headers=headers,
             secure=self.environ.get("wsgi.url_scheme") == "https",
         )
-        peer = _peer_name(self.client_address)
+        peer = peer_name(self.client_address)
         try:
             body = self._read_body(handshake.body_length(request))
-            upgrade = handshake.accept(request, body, self.server.handshake_options)
+            upgrade = handshake.accept(request, body, self._app.handshake_options)
         except HandshakeError as error:
             logger.info("%s: handshake refused (%d): %s", peer, error.status, error.reason)
             self._set_logged_status(f"{error.status} Refused", 0)
@@ -132,7 +135,7 @@ class UpgradeHandler(WSGIHandler):
             return None
         self.socket.sendall(upgrade.response)
         self._set_logged_status("101 Switching Protocols", len(upgrade.response))
-        leftover = self._take_buffered_input()
+        leftover = take_buffered_input(self.rfile, self.socket)
         self.socket.settimeout(None)
         logger.info("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,
                     upgrade.codec.subprotocol or "none")
@@ -149,25 +152,28 @@ class UpgradeHandler(WSGIHandler):
                 f"the {length}-byte handshake body did not arrive in time") from None
         return body
 
-    def _take_buffered_input(self) -> bytes:
-        """Bytes the HTTP reader already buffered past the handshake, without blocking.
-
-        A client may send its first frames together with the handshake; they sit in
-        ``rfile``'s buffer, not in the socket, and would be lost to the relay.
-        """
-        self.socket.settimeout(0.0)
-        try:
-            data = self.rfile.read1(1 << 16) or b""
-        except OSError:
-            data = b""
-        self.rfile.close()
-        return bytes(data)
-
     def _set_logged_status(self, status: str, length: int) -> None:
         """Make gevent's access log show what we answered outside start_response."""
         self._orig_status = status
         self.status = status.encode("latin-1")
+        self.response_headers: list[tuple[bytes, bytes]] = []
         self.response_length = length
+
+
+def take_buffered_input(rfile: Any, sock: Any) -> bytes:
+    """Bytes the HTTP reader already buffered past the handshake, without blocking.
+
+    A client may send its first frames together with the handshake; they sit in
+    ``rfile``'s buffer, not in the socket, and would be lost to the relay.  The
+    reader is closed: from here on the relay reads the socket itself.
+    """
+    sock.settimeout(0.0)
+    try:
+        data = rfile.read1(1 << 16) or b""
+    except OSError:
+        data = b""
+    rfile.close()
+    return bytes(data)
 
 
 def _no_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
@@ -184,7 +190,8 @@ def _lower_case_headers(message: Any) -> dict[str, str]:
     return headers
 
 
-def _peer_name(address: Any) -> str:
+def peer_name(address: Any) -> str:
+    """host:port of a client address ([v6]:port; "unix" for a unix-socket peer)."""
     if isinstance(address, tuple) and len(address) >= 2:
         host, port = address[0], address[1]
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

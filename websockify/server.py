@@ -23,13 +23,11 @@ from gevent import socket
 from gevent.event import AsyncResult
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
-from websockify import listeners, target
-from websockify.app import ConnectTarget, WebsockifyApp
+from websockify import listeners
+from websockify.app import WebsockifyApp, create_app
 from websockify.handler import UpgradeHandler
 from websockify.launcher import WrappedProgram
-from websockify.protocol.handshake import HandshakeOptions
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
-from websockify.static import StaticFiles
 
 logger = logging.getLogger(__name__)
 
@@ -56,12 +54,7 @@ class WebsockifyServer(WSGIServer):
             log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.INFO),
         )
-        limits = settings.limits
-        self.handshake_timeout = limits.handshake_timeout
-        self.handshake_options = HandshakeOptions(
-            max_message_size=limits.max_message_size, allow_hixie=settings.allow_hixie,
-        )
-        self.max_connections = limits.max_connections
+        self.max_connections = settings.limits.max_connections
         self.active_connections = 0
         self.last_active = time.monotonic()
 
@@ -84,18 +77,14 @@ class WebsockifyServer(WSGIServer):
 def run(settings: Settings) -> int:
     """Serve until told to stop; returns the process exit status."""
     settings = _fit_connection_limit(settings)
-    limits = settings.limits
+    assert settings.listen is not None, "cli gives websockify's own server an address"
     listener = listeners.open_listener(
         settings.listen, prefer_ipv6=settings.prefer_ipv6, unix_mode=settings.unix_listen_mode,
     )
     stopped: AsyncResult = AsyncResult()
     program = _start_program(settings, listener, stopped)
-    app = WebsockifyApp(
-        _target_opener(settings, program, limits.connect_timeout),
-        heartbeat=settings.heartbeat,
-        static=_static_files(settings),
-        on_relay_end=(lambda: stopped.set(0)) if settings.run_once else None,
-    )
+    app = create_app(settings, program,
+                     on_relay_end=(lambda: stopped.set(0)) if settings.run_once else None)
     server = WebsockifyServer(listener, app, settings)
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _on_signal, signum, stopped)
@@ -166,21 +155,6 @@ def _stop_when_idle(seconds: float, server: WebsockifyServer, stopped: AsyncResu
         gevent.sleep(min(1.0, max(0.05, seconds - idle_for)))
 
 
-def _target_opener(settings: Settings, program: WrappedProgram | None,
-                   timeout: float) -> ConnectTarget:
-    """How each connection reaches its target: a fixed address or the wrapped program."""
-    fixed = settings.target
-    if fixed is not None:
-        return lambda environ: target.connect(fixed, timeout)
-    assert program is not None, "cli guarantees a target or a wrapped program"
-
-    def connect_to_program(environ: dict[str, Any]) -> socket.socket:
-        host, port = program.wait_for_target(timeout)
-        return target.connect(TcpAddress(host, port), timeout)
-
-    return connect_to_program
-
-
 def _start_program(settings: Settings, listener: socket.socket,
                    stopped: AsyncResult) -> WrappedProgram | None:
     if settings.wrap is None:
@@ -193,12 +167,6 @@ def _start_program(settings: Settings, listener: socket.socket,
     )
     program.start()
     return program
-
-
-def _static_files(settings: Settings) -> StaticFiles | None:
-    if settings.web is None:
-        return None
-    return StaticFiles(settings.web, file_only=settings.file_only)
 
 
 def _fit_connection_limit(settings: Settings) -> Settings:

@@ -74,9 +74,12 @@ class WrapSettings:
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    """Everything one websockify process needs to run."""
+    """Everything one websockify process needs to run.
 
-    listen: Listen
+    ``listen`` is None when a WSGI server (gunicorn) listens instead of ours.
+    """
+
+    listen: Listen | None
     target: Target | None
     wrap: WrapSettings | None = None
     unix_listen_mode: int = 0o600

@@ -1,0 +1,43 @@
+"""websockify as a WSGI application: ``websockify.wsgi:application``.
+
+The arguments are websockify's own, without the listening address (the WSGI
+server listens), taken from the environment variable WEBSOCKIFY_ARGS::
+
+    WEBSOCKIFY_ARGS="--web /usr/share/novnc localhost:5900" \\
+        gunicorn -k websockify.gunicorn_worker.WebsockifyWorker -b 127.0.0.1:6080 \\
+        websockify.wsgi:application
+
+With ``-k websockify.gunicorn_worker.WebsockifyWorker`` our handler answers the
+handshake: RFC 6455 and Hixie, binary and base64, our limits.  gevent-websocket's
+stock worker (``-k geventwebsocket.gunicorn.workers.GeventWebSocketWorker``) works
+too, for RFC 6455 with binary frames; the relay reads the frames either way.
+
+The application is built when this module is imported, so a wrong WEBSOCKIFY_ARGS
+stops the worker at boot with websockify's one-line error.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+from websockify import cli
+from websockify.app import WebsockifyApp, create_app
+from websockify.errors import ConfigError
+
+ARGS_ENV = "WEBSOCKIFY_ARGS"
+
+
+def application_from_environment() -> WebsockifyApp:
+    """The application that $WEBSOCKIFY_ARGS describes; -v and --log-file set up logging."""
+    args = os.environ.get(ARGS_ENV)
+    if not args:
+        raise ConfigError(f"set {ARGS_ENV} to websockify's arguments, e.g. "
+                          f"{ARGS_ENV}='localhost:5900'")
+    settings = cli.parse(shlex.split(args), for_wsgi=True)
+    if settings.verbose or settings.log_file:
+        cli.setup_logging(settings.verbose, settings.log_file)
+    return create_app(settings)
+
+
+application = application_from_environment()
