@@ -201,3 +201,22 @@ def test_wrong_arguments_stop_the_worker_with_a_clear_error(
         server.stop()
     assert server.proc.returncode != 0
     assert message in server.log(), server.log()
+
+
+@pytest.mark.parametrize("worker", [OUR_WORKER, STOCK_WORKER])
+def test_unreachable_target_gets_close_1011_under_both_workers(
+        tmp_path: Path, worker: str) -> None:
+    """Nothing listens on the target port: the client reads Close 1011 with the reason."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    with gunicorn(tmp_path, worker, f"--connect-timeout 2 127.0.0.1:{dead_port}") as server:
+        sock, head = open_websocket(server.port)
+        with sock:
+            assert head.startswith(b"HTTP/1.1 101"), head
+            opcode, _, payload = read_server_frame(sock)
+            assert (opcode, close_code(payload)) == (0x8, 1011)
+            assert b"cannot reach target" in payload
+        again, head = open_websocket(server.port)  # the worker keeps serving
+        with again:
+            assert head.startswith(b"HTTP/1.1 101"), head

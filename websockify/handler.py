@@ -136,7 +136,6 @@ class UpgradeHandler(WSGIHandler):
         self.socket.sendall(upgrade.response)
         self._set_logged_status("101 Switching Protocols", len(upgrade.response))
         leftover = take_buffered_input(self.rfile, self.socket)
-        self.socket.settimeout(None)
         logger.info("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,
                     upgrade.codec.subprotocol or "none")
         return ClientConnection(self.socket, upgrade.codec, leftover, peer, upgrade.version)
@@ -172,6 +171,8 @@ def take_buffered_input(rfile: Any, sock: Any) -> bytes:
         data = rfile.read1(1 << 16) or b""
     except OSError:
         data = b""
+    finally:
+        sock.settimeout(None)  # blocking again, as the code after a handshake expects
     rfile.close()
     return bytes(data)
 

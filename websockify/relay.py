@@ -39,7 +39,7 @@ from gevent import get_hub, socket
 from gevent.hub import Waiter
 
 from websockify.errors import FrameError
-from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong
+from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Ping, Pong
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Relay:
             return
         self._act_on(events)
 
-    def _act_on(self, events: Sequence[object]) -> None:
+    def _act_on(self, events: Sequence[Event]) -> None:
         for event in events:
             if type(event) is Data:
                 self._to_target.append(event.payload)
