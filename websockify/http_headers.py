@@ -1,0 +1,63 @@
+"""An HTTP request's header block, read into the message object gevent expects.
+
+gevent reads headers with ``http.client.parse_headers``, which hands them to the
+email package's feed parser: about 19 µs for a browser's upgrade request, the
+largest Python cost of setting up a connection.  An ordinary block (one
+``Name: value`` per line) is read here, about five times faster, into the same
+message object holding the same (name, value) pairs.  Anything unusual (a folded
+line, a line without a colon or with a stray CR, too many or too long lines, the
+end of the stream before the blank line) goes, with the lines already read, to
+gevent's own parser: odd input gets exactly the outcome, limits and defects it
+always had.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Protocol
+
+from gevent.pywsgi import OldMessage, headers_factory
+
+#: http.client's limits on one header line and on the number of lines.
+MAX_LINE = 65536
+MAX_HEADERS = 100
+#: A header line as the email parser reads it (field name: printable ASCII other
+#: than ":" and space; leading blanks of the value dropped, trailing ones kept).
+_HEADER_LINE = re.compile(rb"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
+
+
+class _LineReader(Protocol):
+    def readline(self, size: int = -1, /) -> bytes: ...
+
+
+def read_headers(rfile: _LineReader) -> Any:
+    """The header block at the front of ``rfile``, as gevent's ``MessageClass`` returns it."""
+    lines: list[bytes] = []
+    fields: list[tuple[str, str]] = []
+    while len(lines) < MAX_HEADERS:
+        line = rfile.readline(MAX_LINE + 1)
+        lines.append(line)
+        if line in (b"\r\n", b"\n"):
+            message = OldMessage()
+            for name, value in fields:
+                message.set_raw(name, value)
+            message.set_payload("")
+            return message
+        match = _HEADER_LINE.fullmatch(line)
+        if match is None or len(line) > MAX_LINE:
+            break
+        fields.append((match[1].decode("latin-1"), match[2].decode("latin-1")))
+    return headers_factory(_Replay(lines, rfile))
+
+
+class _Replay:
+    """``rfile`` with some lines already read put back in front of it."""
+
+    def __init__(self, lines: list[bytes], rfile: _LineReader) -> None:
+        self._lines = lines[::-1]
+        self._rfile = rfile
+
+    def readline(self, size: int = -1, /) -> bytes:
+        if self._lines:
+            return self._lines.pop()
+        return self._rfile.readline(size)
