@@ -117,7 +117,9 @@ class WebsockifyApp:
                 logger.warning("%s: %s", client.peer, error)
                 refuse(client, 1011, str(error))
                 return
-            logger.info("%s: connected to target %s", client.peer, _describe(target_socket))
+            logger.info("%s: WebSocket %s (subprotocol %s) connected to target %s",
+                        client.peer, client.version, client.codec.subprotocol or "none",
+                        _describe(target_socket))
             relay = Relay(client, target_socket, self._heartbeat)
             self.relays.add(relay)
             try:

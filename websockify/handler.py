@@ -142,8 +142,10 @@ class UpgradeHandler(WSGIHandler):
         self.socket.sendall(upgrade.response)
         self._set_logged_status("101 Switching Protocols", len(upgrade.response))
         leftover = take_buffered_input(self.rfile, self.socket)
-        logger.info("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,
-                    upgrade.codec.subprotocol or "none")
+        # At INFO the application's "connected to target" line says this too: one
+        # line per connection opened, as formatting and writing each costs.
+        logger.debug("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,
+                     upgrade.codec.subprotocol or "none")
         return ClientConnection(self.socket, upgrade.codec, leftover, peer, upgrade.version)
 
     def _read_body(self, length: int) -> bytes:
