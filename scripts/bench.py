@@ -35,6 +35,7 @@ import bench_wire as wire
 from bench_measure import (
     MIB,
     SETUP_IN_FLIGHT,
+    SETUP_TIMEOUT,
     MeasureError,
     measure_connections,
     measure_download,
@@ -228,11 +229,16 @@ def _run_and_record(test: Test, spec: ServerSpec, settings: Settings, results: R
         progress(f"{head} FAILED: {exc}")
         return
     results.add(test, spec.name, values)
-    if values.get("held", settings.connections) < settings.connections \
-            or values.get("failed"):
+    if values.get("held", settings.connections) < settings.connections:
         remark = common_error(server_log(spec, tag))
         if remark:
-            results.remarks.setdefault((test.key, spec.name), remark)
+            results.remarks.setdefault((test.key, spec.name), f"{spec.name}'s most frequent "
+                                       f"error: {remark}")
+    if values.get("failed"):
+        results.remarks.setdefault((test.key, spec.name), (
+            f"{values['failed']:,.0f} of {values['failed'] + values['ok']:,.0f} setups in "
+            f"repeat {rep + 1} failed or took over {SETUP_TIMEOUT:g} s; they count as "
+            f"{SETUP_TIMEOUT:g} s in the percentiles"))
     progress(f"{head} {_summary(values)}  ({time.monotonic() - started:.1f} s)")
 
 
@@ -281,8 +287,7 @@ def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
     if value is None:
         return "—", None
     remark = results.remarks.get((test.key, spec.name))
-    mark = notes.mark(f"{spec.name}'s most frequent error: {remark}") \
-        if remark and metric.key in ("held", "rate") else ""
+    mark = notes.mark(remark) if remark and metric.key in ("held", "rate") else ""
     return _format(metric, value, settings) + mark, value
 
 

@@ -155,11 +155,12 @@ def ensure_wsrelay() -> None:
 def websocat_command(port: int, target: int) -> list[str]:
     """websocat as a WebSocket-to-TCP relay: binary messages, subprotocol ``binary``.
 
-    -E closes each direction when the other ends, as a relay should; -B lets a
-    64 KiB upload message through whole (its default buffer is exactly 64 KiB).
+    -E closes each direction when the other ends, as a relay should.  Its default
+    64 KiB buffer takes the upload's 64 KiB messages whole; a bigger one costs it
+    dearly in connection setup (a fresh buffer per connection and direction).
     """
-    return [str(WEBSOCAT_VENV / "bin" / "websocat"), "--binary", "-E", "-B", str(1 << 20),
-            "--server-protocol", "binary", f"ws-l:127.0.0.1:{port}", f"tcp:127.0.0.1:{target}"]
+    return [str(WEBSOCAT_VENV / "bin" / "websocat"), "--binary", "-E", "--server-protocol",
+            "binary", f"ws-l:127.0.0.1:{port}", f"tcp:127.0.0.1:{target}"]
 
 
 def ensure_websocat() -> None:
