@@ -234,11 +234,7 @@ def _run_and_record(test: Test, spec: ServerSpec, settings: Settings, results: R
         if remark:
             results.remarks.setdefault((test.key, spec.name), f"{spec.name}'s most frequent "
                                        f"error: {remark}")
-    if values.get("failed"):
-        results.remarks.setdefault((test.key, spec.name), (
-            f"{values['failed']:,.0f} of {values['failed'] + values['ok']:,.0f} setups in "
-            f"repeat {rep + 1} failed or took over {SETUP_TIMEOUT:g} s; they count as "
-            f"{SETUP_TIMEOUT:g} s in the percentiles"))
+
     progress(f"{head} {_summary(values)}  ({time.monotonic() - started:.1f} s)")
 
 
@@ -286,9 +282,20 @@ def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
     value = results.median(test, metric, spec.name)
     if value is None:
         return "—", None
-    remark = results.remarks.get((test.key, spec.name))
+    remark = results.remarks.get((test.key, spec.name)) or _setup_failures(results, test, spec)
     mark = notes.mark(remark) if remark and metric.key in ("held", "rate") else ""
     return _format(metric, value, settings) + mark, value
+
+
+def _setup_failures(results: Results, test: Test, spec: ServerSpec) -> str | None:
+    """How many setups failed per repeat, when any did (they shape the percentiles)."""
+    failed = results.samples.get((test.key, "failed", spec.name), [])
+    ok = results.samples.get((test.key, "ok", spec.name), [])
+    if not any(failed):
+        return None
+    per_run = [f"{f:,.0f} of {f + o:,.0f}" for f, o in zip(failed, ok, strict=True)]
+    return (f"setups that failed or took over {SETUP_TIMEOUT:g} s, per repeat: "
+            f"{', '.join(per_run)}; each counts as {SETUP_TIMEOUT:g} s in the percentiles")
 
 
 class Notes:
