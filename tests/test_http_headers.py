@@ -14,7 +14,14 @@ from gevent.pywsgi import headers_factory
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from websockify.http_headers import MAX_HEADERS, MAX_LINE, read_headers
+from websockify.http_headers import (
+    _SHARED,
+    MAX_HEADERS,
+    MAX_LINE,
+    SHARED_MAX_ENTRIES,
+    SHARED_MAX_LENGTH,
+    read_headers,
+)
 
 #: Bytes that make header lines odd: separators, blanks, every line-breaking
 #: character str.splitlines knows, a control, DEL and high latin-1.
@@ -85,3 +92,16 @@ def test_any_bytes_match_gevent(pieces: list[bytes]) -> None:
 def test_near_valid_blocks_match_gevent(fields: list[tuple[str, str]], end: bytes) -> None:
     block = b"".join(f"{name}:{value}\r\n".encode("latin-1", "replace") for name, value in fields)
     assert_same(block + end + b"\x82\x80rest")
+
+
+def test_repeated_header_strings_are_shared_and_the_table_stays_bounded() -> None:
+    first, _ = outcome(read_headers, UPGRADE)
+    second, _ = outcome(read_headers, UPGRADE.replace(b"dGhlIHNhbXBsZSBub25jZQ==",
+                                                      b"AQIDBAUGBwgJCgsMDQ4PEA=="))
+    assert isinstance(first, tuple) and isinstance(second, tuple)
+    host_a, host_b = first[0][0], second[0][0]
+    assert host_a == host_b and host_a[0] is host_b[0] and host_a[1] is host_b[1]
+    for i in range(SHARED_MAX_ENTRIES + 10):
+        assert_same(b"X-Junk-%d: %d\r\n\r\n" % (i, i))
+    assert len(_SHARED) <= SHARED_MAX_ENTRIES
+    assert not any(len(raw) > SHARED_MAX_LENGTH for raw in _SHARED)

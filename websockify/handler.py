@@ -115,6 +115,7 @@ class UpgradeHandler(WSGIHandler):
             self._end_request_deadline()
         if connection is None:
             return
+        del headers  # the relay runs inside the call below, for the connection's life
         self.environ["wsgi.websocket"] = connection
         self.environ["wsgi.websocket_version"] = connection.version
         result = self.application(self.environ, _no_response)

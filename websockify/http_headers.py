@@ -21,6 +21,12 @@ from gevent.pywsgi import OldMessage, headers_factory
 #: http.client's limits on one header line and on the number of lines.
 MAX_LINE = 65536
 MAX_HEADERS = 100
+#: Bounds of the table of header strings shared between requests.
+SHARED_MAX_ENTRIES = 1024
+SHARED_MAX_LENGTH = 128
+_SHARED: dict[bytes, str] = {}
+#: Headers whose value differs in every request: never worth a table entry.
+_UNIQUE = frozenset({b"sec-websocket-key", b"sec-websocket-key1", b"sec-websocket-key2"})
 #: A header line as the email parser reads it (field name: printable ASCII other
 #: than ":" and space; leading blanks of the value dropped, trailing ones kept).
 _HEADER_LINE = re.compile(rb"([\x21-\x39\x3b-\x7e]+):[ \t]*([^\r\n]*)\r?\n")
@@ -46,8 +52,26 @@ def read_headers(rfile: _LineReader) -> Any:
         match = _HEADER_LINE.fullmatch(line)
         if match is None or len(line) > MAX_LINE:
             break
-        fields.append((match[1].decode("latin-1"), match[2].decode("latin-1")))
+        raw_name, raw_value = match[1], match[2]
+        fields.append((_shared(raw_name), raw_value.decode("latin-1")
+                       if raw_name.lower() in _UNIQUE else _shared(raw_value)))
     return headers_factory(_Replay(lines, rfile))
+
+
+def _shared(raw: bytes) -> str:
+    """``raw`` decoded, as one string object shared by every request that sends it.
+
+    The headers live as long as the connection: names and most values (Host,
+    Upgrade, Origin, the version, the subprotocols) repeat from client to client,
+    so thousands of connections hold one copy.  The table is bounded in entries
+    and entry size, so odd input cannot grow it; beyond that, strings are fresh.
+    """
+    text = _SHARED.get(raw)
+    if text is None:
+        text = raw.decode("latin-1")
+        if len(raw) <= SHARED_MAX_LENGTH and len(_SHARED) < SHARED_MAX_ENTRIES:
+            _SHARED[raw] = text
+    return text
 
 
 class _Replay:
