@@ -152,6 +152,7 @@ TESTS: tuple[Test, ...] = (
         Metric("rate", f"Connection setup, {SETUP_IN_FLIGHT:,} in flight (upgrades/s ↑)"),
         Metric("p50", "Setup latency, connect to first echo, p50 (ms ↓)"),
         Metric("p99", "Setup latency, connect to first echo, p99 (ms ↓)"),
+        Metric("cpu", "Server CPU per connection set up (µs ↓)"),
     )),
     Test("connections", "connections", "echo", False, _connections, (
         Metric("held", "Simultaneous connections, echo verified on each (↑)"),

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import bench_wire as wire
-from bench_procs import RunningServer, progress, tree_memory
+from bench_procs import RunningServer, progress, tree_cpu_seconds, tree_memory
 from bench_targets import DIGEST_SIZE, LENGTH
 
 T = TypeVar("T")
@@ -473,6 +473,11 @@ def measure_setup(server: RunningServer, total: int, in_flight: int,
     Each connection's time runs from its connect() to the echo of its first
     message: TCP accept, the upgrade, the target connect and one relayed round
     trip.  No new connection starts after ``budget`` seconds (a slow server then
-    gets fewer), and the rate counts the time the last ones took to finish.
+    gets fewer), and the rate counts the time the last ones took to finish.  The
+    server's CPU time per connection is the steadier figure on a busy machine.
     """
-    return asyncio.run(_setup_run(server.port, total, in_flight, budget))
+    cpu_before = tree_cpu_seconds(server.pid)
+    result = asyncio.run(_setup_run(server.port, total, in_flight, budget))
+    cpu = tree_cpu_seconds(server.pid) - cpu_before
+    result["cpu"] = cpu * 1e6 / result["ok"] if result["ok"] else float("nan")
+    return result

@@ -149,7 +149,8 @@ def ensure_wsrelay() -> None:
     probe = subprocess.run([_ours_python(), "-c", "import websockets.asyncio.server"],
                            capture_output=True, text=True, timeout=60, check=False)
     if probe.returncode != 0:
-        raise ServerError("python-websockets is not installed: run make venv")
+        raise ServerError("the project's venv lacks python-websockets 13 or later "
+                          "(its asyncio server): run make venv")
 
 
 def websocat_command(port: int, target: int) -> list[str]:
@@ -397,3 +398,22 @@ def tree_memory(root: int) -> Memory:
     rss = sum(_field_kib(f"/proc/{pid}/status", b"VmRSS:") for pid in pids)
     pss = sum(_field_kib(f"/proc/{pid}/smaps_rollup", b"Pss:") for pid in pids)
     return Memory(rss, pss, len(pids))
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system) of ``root``, its live descendants and its reaped children.
+
+    Reaped children count through ``root``'s cutime and cstime: upstream's
+    per-connection processes are gone by the time a measurement ends.
+    """
+    ticks = 0
+    for pid in process_tree(root):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        # After the ")" that ends the command name, fields 11-14 are utime, stime,
+        # cutime and cstime (proc(5) numbers them 14-17).
+        ticks += sum(int(v) for v in fields[11:15 if pid == root else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
