@@ -194,7 +194,9 @@ def _no_response(status: str, headers: list[tuple[str, str]], exc_info: Any = No
 def _lower_case_headers(message: Any) -> dict[str, str]:
     """Header names lower-cased; repeated headers joined with ", " (RFC 9110 5.3)."""
     headers: dict[str, str] = {}
-    for name, value in message.items():
+    # raw_items: the values as read, without the email package's per-value check
+    # for undecodable bytes (headers are decoded as latin-1, so there are none).
+    for name, value in message.raw_items():
         key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
