@@ -273,7 +273,7 @@ def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
           settings: Settings, notes: Notes) -> tuple[str, float | None]:
     """One cell's text and value; missing values say why in a footnote."""
     if test.legacy and not spec.legacy:
-        return "n/a" + notes.mark(f"{spec.label} speaks only RFC 6455 binary frames"), None
+        return "n/a" + notes.mark("only RFC 6455 binary frames are spoken"), None
     if spec.name in results.dead_servers:
         return "failed" + notes.mark(f"{spec.name} did not run: "
                                      f"{results.dead_servers[spec.name]}"), None
@@ -296,7 +296,8 @@ def _setup_failures(results: Results, test: Test, spec: ServerSpec) -> str | Non
         return None
     per_run = [f"{f:,.0f} of {f + o:,.0f}" for f, o in zip(failed, ok, strict=True)]
     return (f"setups that failed or took over {SETUP_TIMEOUT:g} s, per repeat: "
-            f"{', '.join(per_run)}; each counts as {SETUP_TIMEOUT:g} s in the percentiles")
+            f"{', '.join(per_run)} started (none starts once the time budget is spent); "
+            f"each counts as {SETUP_TIMEOUT:g} s in the percentiles")
 
 
 class Notes:
