@@ -37,9 +37,9 @@ def _connect_tcp(target: TcpAddress, timeout: float) -> socket.socket:
     """Connect to a literal address directly; resolve a name first.
 
     ``create_connection`` resolves the name and tries each of its addresses in
-    turn.  gevent resolves names in a thread pool: for the usual ``127.0.0.1:5900`` that
-    thread hop cost about a tenth of a connection's setup, for no answer the
-    address did not already give.
+    turn.  gevent resolves names in a thread pool, even a literal one: for the
+    usual ``127.0.0.1:5900`` that thread hop cost about a tenth of a connection's
+    setup, for no answer the address did not already give.
     """
     family = _literal_family(target.host)
     if family is None:
@@ -48,6 +48,7 @@ def _connect_tcp(target: TcpAddress, timeout: float) -> socket.socket:
 
 
 def _connect_socket(family: int, address: str | tuple[str, int], timeout: float) -> socket.socket:
+    """A new socket of ``family`` connected to ``address``; closed again if that fails."""
     sock = socket.socket(family, stdlib_socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
