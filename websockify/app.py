@@ -117,9 +117,7 @@ class WebsockifyApp:
                 logger.warning("%s: %s", client.peer, error)
                 refuse(client, 1011, str(error))
                 return
-            logger.info("%s: WebSocket %s (subprotocol %s) connected to target %s",
-                        client.peer, client.version, client.codec.subprotocol or "none",
-                        _describe(target_socket))
+            _log_connected(client, target_socket)
             relay = Relay(client, target_socket, self._heartbeat)
             self.relays.add(relay)
             try:
@@ -154,6 +152,17 @@ def _target_opener(settings: Settings, program: WrappedProgram | None,
         return target.connect(TcpAddress(host, port), timeout)
 
     return connect_to_program
+
+
+def _log_connected(client: ClientConnection, target_socket: socket.socket) -> None:
+    """The connection's opening line, logged from a frame of its own.
+
+    Logging creates a frame object for the function that calls it, kept until
+    that function returns: from here that is at once, not when the relay ends.
+    """
+    logger.info("%s: WebSocket %s (subprotocol %s) connected to target %s",
+                client.peer, client.version, client.codec.subprotocol or "none",
+                _describe(target_socket))
 
 
 def _describe(sock: socket.socket) -> str:
