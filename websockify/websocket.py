@@ -22,6 +22,7 @@ Differences from upstream 0.13, each deliberate:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket as socket_module
 import ssl
@@ -254,10 +255,8 @@ class WebSocket:
 
         What does not fit stays queued and goes out with the next send or flush.
         """
-        try:
+        with contextlib.suppress(WebSocketWantWriteError, WebSocketWantReadError):
             send(*args)
-        except (WebSocketWantWriteError, WebSocketWantReadError):
-            pass
 
     def _end_abnormally(self) -> None:
         """The peer's TCP stream ended without a closing handshake."""

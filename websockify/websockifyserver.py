@@ -48,7 +48,11 @@ from websockify.codec_adapter import FrameStream
 from websockify.errors import HandshakeError
 from websockify.protocol import handshake
 from websockify.stdlib_http import lower_case_headers, take_buffered_input
-from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
+from websockify.websocket import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    WebSocketWantReadError,
+    WebSocketWantWriteError,
+)
 from websockify.websocketserver import HttpWebSocket, WebSocketRequestHandlerMixIn
 
 try:
@@ -68,7 +72,7 @@ CHILD_STOP_TIMEOUT = 5.0
 _TLS_FIRST_BYTES = (0x16, 0x80)
 
 
-class CClose(Exception):  # noqa: N818 (upstream's name)
+class CClose(Exception):
     """Raised inside ``new_websocket_client()`` to close the WebSocket: ``CClose(code, reason)``."""
 
 
@@ -138,7 +142,7 @@ class WebSockifyRequestHandler(WebSocketRequestHandlerMixIn, SimpleHTTPRequestHa
             return str(address[0])
         return str(address or "unix")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib's name)
+    def log_message(self, format: str, *args: Any) -> None:
         self.logger.info("%s - - [%s] %s", self._client_host(), self.log_date_time_string(),
                          format % args)
 
@@ -312,7 +316,7 @@ class WebSockifyRequestHandler(WebSocketRequestHandlerMixIn, SimpleHTTPRequestHa
             secure=isinstance(self.connection, ssl.SSLSocket))
         options = handshake.HandshakeOptions(
             max_message_size=_setting(self.server, "max_message_size",
-                                      handshake.HandshakeOptions.max_message_size, int),
+                                      DEFAULT_MAX_MESSAGE_SIZE, int),
             allow_hixie=_setting(self.server, "allow_hixie", True, bool))
         try:
             body = self._read_handshake_body(handshake.body_length(request))
@@ -352,7 +356,7 @@ class WebSockifyRequestHandler(WebSocketRequestHandlerMixIn, SimpleHTTPRequestHa
     def handle_websocket(self) -> None:
         """Run ``new_websocket_client()``; end with a closing handshake whatever happens."""
         with contextlib.suppress(AttributeError):
-            self.server.ws_connection = True
+            self.server.ws_connection = True  # type: ignore[attr-defined]
         self.start_time = int(time.time() * 1000)
         scheme = "SSL/TLS (wss://)" if isinstance(self.connection, ssl.SSLSocket) else \
             "Plain non-SSL (ws://)"
@@ -367,7 +371,7 @@ class WebSockifyRequestHandler(WebSocketRequestHandlerMixIn, SimpleHTTPRequestHa
         try:
             self.new_websocket_client()
         except CClose as close:
-            code, reason = (tuple(close.args) + (1000, ""))[:2]
+            code, reason = (*close.args, 1000, "")[:2]
             self._close_websocket(code, reason)
         except WebSockifyServer.Terminate:
             self._close_websocket(1001, "server shutting down")
@@ -418,13 +422,13 @@ class WebSockifyServer:
 
     log_prefix = "websocket"
 
-    class EClose(Exception):  # noqa: N818 (upstream's name)
+    class EClose(Exception):
         """Raised before the WebSocket exists: the connection is dropped, with a log line."""
 
-    class Terminate(Exception):  # noqa: N818 (upstream's name)
+    class Terminate(Exception):
         """The server is shutting down."""
 
-    def __init__(self, RequestHandlerClass: Callable[..., Any],  # noqa: N803 (upstream's name)
+    def __init__(self, RequestHandlerClass: Callable[..., Any],
                  listen_fd: int | None = None, listen_host: str | None = "",
                  listen_port: int | str | None = None, source_is_ipv6: bool = False,
                  verbose: bool = False, cert: str = "", key: str | None = "",
@@ -438,7 +442,7 @@ class WebSockifyServer:
                  ssl_ciphers: str | None = None, ssl_options: int = 0,
                  unix_listen: str | None = None, unix_listen_mode: int | None = None,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
-                 max_message_size: int = handshake.HandshakeOptions.max_message_size,
+                 max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
                  allow_hixie: bool = True) -> None:
         self.RequestHandlerClass = RequestHandlerClass
         self.verbose = verbose
@@ -678,10 +682,10 @@ class WebSockifyServer:
         """A descriptor that becomes readable when this process is asked to stop."""
         return self._wake[0] if self._wake is not None else None
 
-    def do_SIGINT(self, sig: int, stack: FrameType | None) -> None:  # noqa: N802
+    def do_SIGINT(self, sig: int, stack: FrameType | None) -> None:
         self.terminate()
 
-    def do_SIGTERM(self, sig: int, stack: FrameType | None) -> None:  # noqa: N802
+    def do_SIGTERM(self, sig: int, stack: FrameType | None) -> None:
         self.terminate()
 
     def start_server(self) -> None:
@@ -771,7 +775,8 @@ class WebSockifyServer:
         elif self.unix_listen is not None:
             self.msg("  - Listen on unix socket %s", self.unix_listen)
         else:
-            self.msg("  - Listen on %s:%s", self.listen_host, self.listen_port)
+            host, port = (self.server_address or (self.listen_host, self.listen_port))[:2]
+            self.msg("  - Listen on %s:%s", host, port)
         if self.web:
             listing = " (no directory listings)" if self.file_only else ""
             self.msg("  - Web server%s. Web root: %s", listing, self.web)
@@ -790,7 +795,7 @@ class WebSockifyServer:
         """SIGINT and SIGTERM stop the server (only the main thread may set handlers)."""
         if threading.current_thread() is not threading.main_thread():
             return {}
-        saved = {}
+        saved: dict[int, Any] = {}
         for sig, handler in ((signal.SIGINT, self.do_SIGINT), (signal.SIGTERM, self.do_SIGTERM)):
             saved[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)

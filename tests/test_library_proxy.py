@@ -1,0 +1,219 @@
+"""End to end: upstream's Python API (WebSocketProxy, ProxyRequestHandler) serving real clients.
+
+The proxy runs in a multiprocessing.Process under each start method, as a program
+importing websockify would run it; clients are python-websockets and raw sockets,
+targets are real TCP (plain and TLS) echo servers on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+from websockets.typing import Subprotocol
+
+from tests.bridge_support import (
+    OP_BINARY,
+    OP_PING,
+    FrameReader,
+    recv_bytes,
+    send_close,
+    wait_until,
+    ws_connect,
+    ws_unix_connect,
+)
+from tests.library_support import child_pids, library_proxy, self_signed_certificate
+from tests.support import TIMEOUT, TcpServer, client_frame, echo, open_websocket
+from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
+
+START_METHODS = ["fork", "spawn", "forkserver"]
+
+
+# -- handlers as importing programs write them (module level: spawn imports them) --------
+
+class TokenHandler(ProxyRequestHandler):
+    """nova's pattern: the token in the query string picks the target; self.socket opens it."""
+
+    def new_websocket_client(self) -> None:
+        token = parse_qs(urlparse(self.path).query).get("token", [""])[0]
+        targets = self.server.targets  # an attribute the program added to the server
+        if token not in targets:
+            raise LookupError(f"unknown token {token!r}")
+        # Per-connection state on the shared server stays in this connection's process.
+        self.server.targets = {}
+        host, port = targets[token]
+        self.msg("connecting to: %s:%s", host, port)
+        tsock = self.socket(host, port, connect=True)
+        try:
+            self.do_proxy(tsock)
+        finally:
+            tsock.close()
+
+
+class TlsTargetHandler(ProxyRequestHandler):
+    """Wraps the target in TLS itself and hands the ssl.SSLSocket to do_proxy."""
+
+    def new_websocket_client(self) -> None:
+        context = ssl.create_default_context(cafile=self.server.target_ca)
+        raw = self.socket(self.server.target_host, self.server.target_port, connect=True)
+        tsock = context.wrap_socket(raw, server_hostname="localhost")
+        try:
+            self.do_proxy(tsock)
+        finally:
+            tsock.close()
+
+
+class TlsTargetProxy(WebSocketProxy):
+    """Carries the target's certificate authority for TlsTargetHandler."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.target_ca = kwargs.pop("target_ca")
+        super().__init__(*args, **kwargs)
+
+
+class TokenProxy(WebSocketProxy):
+    """A subclass popping its own keyword, as nova's NovaWebSocketProxy does."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        self.targets = kwargs.pop("targets")
+        super().__init__(*args, **kwargs)
+
+
+# -- fixtures -------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tls_echo_target(certificate: tuple[Path, Path]) -> Iterator[TcpServer]:
+    cert, key = certificate
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    def serve(conn: socket.socket) -> None:
+        with context.wrap_socket(conn, server_side=True) as tls:
+            echo(tls)  # type: ignore[arg-type]
+
+    server = TcpServer(serve)
+    yield server
+    server.close()
+
+
+def _transfer(port: int, size: int, path: str = "/") -> None:
+    """Upload ``size`` random bytes in 64 KiB messages and read the same bytes back."""
+    payload = os.urandom(size)
+    with ws_connect(port, path=path) as ws:
+        for start in range(0, size, 65536):
+            ws.send(payload[start:start + 65536])
+        received = recv_bytes(ws, size)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", START_METHODS)
+def test_proxy_in_a_process_of_each_start_method(method: str, echo_target: TcpServer) -> None:
+    with library_proxy(method, target_host="127.0.0.1", target_port=echo_target.port) as proxy:
+        clients = [threading.Thread(target=_transfer, args=(proxy.port, 1 << 20))
+                   for _ in range(3)]
+        for client in clients:
+            client.start()
+        for client in clients:
+            client.join(TIMEOUT)
+        assert not any(client.is_alive() for client in clients)
+        _transfer(proxy.port, 1 << 20)  # raises if any byte differs
+        exit_code = proxy.stop()
+    assert exit_code == 0
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_the_proxy_object_itself_as_process_target(method: str, tmp_path: Path,
+                                                   echo_target: TcpServer) -> None:
+    """multiprocessing pickles the WebSocketProxy for these start methods: it must allow it."""
+    import multiprocessing
+
+    listen = tmp_path / "ws.sock"
+    proxy = WebSocketProxy(unix_listen=str(listen), target_host="127.0.0.1",
+                           target_port=echo_target.port)
+    process = multiprocessing.get_context(method).Process(target=proxy.start_server)
+    process.start()
+    try:
+        wait_until(listen.exists, "the proxy's unix socket")
+        with ws_unix_connect(listen) as ws:
+            ws.send(b"through a pickled proxy")
+            assert recv_bytes(ws, 23) == b"through a pickled proxy"
+    finally:
+        process.terminate()
+        process.join(TIMEOUT)
+    assert process.exitcode == 0
+
+
+def test_shutdown_closes_clients_with_1001_and_reaps_children(echo_target: TcpServer) -> None:
+    with library_proxy("fork", target_host="127.0.0.1", target_port=echo_target.port) as proxy, \
+            ws_connect(proxy.port) as ws:
+        ws.send(b"hello")
+        assert recv_bytes(ws, 5) == b"hello"
+        assert len(child_pids(proxy.process.pid)) == 1  # one process for the one client
+        assert proxy.stop() == 0
+        with pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1001
+
+
+def test_nova_style_subclass_token_and_self_socket(echo_target: TcpServer) -> None:
+    targets = {"secret": ("127.0.0.1", echo_target.port)}
+    with library_proxy("fork", "tests.test_library_proxy:TokenHandler",
+                       "tests.test_library_proxy:TokenProxy", targets=targets) as proxy:
+        _transfer(proxy.port, 256 * 1024, path="/?token=secret")
+        # The first connection emptied self.server.targets in its own process only.
+        _transfer(proxy.port, 1024, path="/?token=secret")
+        with ws_connect(proxy.port, path="/?token=wrong") as ws, \
+                pytest.raises(ConnectionClosed) as closed:
+            ws.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1011
+        _transfer(proxy.port, 10, path="/?token=secret")  # still serving
+
+
+def test_tls_target_as_an_sslsocket(tls_echo_target: TcpServer,
+                                    certificate: tuple[Path, Path]) -> None:
+    cert, _ = certificate
+    with library_proxy("fork", "tests.test_library_proxy:TlsTargetHandler",
+                       "tests.test_library_proxy:TlsTargetProxy", target_ca=str(cert),
+                       target_host="127.0.0.1", target_port=tls_echo_target.port) as proxy:
+        _transfer(proxy.port, 2 << 20)
+
+
+def test_wss_clients_and_heartbeat(echo_target: TcpServer,
+                                   certificate: tuple[Path, Path]) -> None:
+    cert, key = certificate
+    with library_proxy("fork", target_host="127.0.0.1", target_port=echo_target.port,
+                       cert=str(cert), key=str(key), heartbeat=1) as proxy:
+        context = ssl.create_default_context(cafile=str(cert))
+        with connect(f"wss://localhost:{proxy.port}/", ssl=context, open_timeout=TIMEOUT,
+                     subprotocols=[Subprotocol("binary")], max_size=None,
+                     ping_interval=None) as ws:
+            payload = os.urandom(300_000)
+            ws.send(payload)
+            assert recv_bytes(ws, len(payload)) == payload
+        sock, head = open_websocket(proxy.port)
+        with sock:
+            assert head.startswith(b"HTTP/1.1 101")
+            reader = FrameReader(sock)
+            assert reader.read_frame()[0] == OP_PING
+            sock.sendall(client_frame(OP_BINARY, b"after a ping"))
+            opcode, _, data = reader.read_frame()
+            while opcode == OP_PING:
+                opcode, _, data = reader.read_frame()
+            assert (opcode, data) == (OP_BINARY, b"after a ping")
+            send_close(sock)
