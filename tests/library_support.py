@@ -39,7 +39,8 @@ def serve_proxy(queue: Any, proxy: str | None, handler: str | None,
 
     from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
 
-    logging.basicConfig(level=logging.DEBUG, format="%(process)d %(name)s %(message)s")
+    logging.basicConfig(level=logging.DEBUG, format="%(process)d %(name)s %(message)s",
+                        force=True)
     handler_class = _load(handler) if handler else ProxyRequestHandler
     proxy_class = _load(proxy) if proxy else WebSocketProxy
 

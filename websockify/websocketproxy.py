@@ -254,8 +254,9 @@ class _Relay:
 
     It waits with the ``selectors`` module looked up at run time, so under
     eventlet's monkey-patching the wait is green and timers of the program keep
-    running.  Data already decrypted inside a TLS object is invisible to the wait,
-    so such a side counts as readable at once.
+    running.  Input already buffered above the socket (decoded client data, bytes
+    decrypted inside a TLS object) is invisible to the wait, so such a side counts
+    as readable at once.
     """
 
     def __init__(self, handler: ProxyRequestHandler, target: Any) -> None:
@@ -305,7 +306,7 @@ class _Relay:
         """Wait for the wanted events; returns {object: events} of what is ready."""
         ready: dict[Any, int] = {}
         for obj, events in wanted.items():
-            if events & selectors.EVENT_READ and _tls_pending(obj):
+            if events & selectors.EVENT_READ and self._has_buffered_input(obj):
                 ready[obj] = selectors.EVENT_READ
             if self.interest.get(obj) != events:
                 if obj in self.interest:
@@ -323,6 +324,13 @@ class _Relay:
         for key, events in self.selector.select(timeout):
             ready[key.fileobj] = ready.get(key.fileobj, 0) | events
         return ready
+
+    def _has_buffered_input(self, obj: Any) -> bool:
+        """Input the wait cannot see: decoded client data (it arrived with the
+        handshake, or with the previous read) or bytes decrypted inside a TLS object."""
+        if obj is self.client.socket and self.client.pending():
+            return True
+        return _tls_pending(obj)
 
     def _timeout(self) -> float | None:
         if self.next_ping is None:
