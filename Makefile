@@ -9,13 +9,15 @@ STAMP := $(VENV)/.installed
 
 # Extra Debian and pip packages of the launcher, the VNC demo and their tests.
 -include mk/launcher.mk
+# Upstream's Python API: upstream's and nova's tests (upstream-test, nova-test).
+-include mk/library.mk
 
 APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean
 
-test: system-packages venv rebind lint typecheck pytest
+test: system-packages venv rebind lint typecheck pytest upstream-test nova-test
 
 venv: $(STAMP)
 
@@ -48,4 +50,4 @@ bench: venv rebind
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so
+	rm -rf $(VENV) $(NOVA_VENV) .cache build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so

@@ -768,6 +768,15 @@ class WebSockifyServer:
             self.server_address = lsock.getsockname()
         return lsock
 
+    def listening_on(self) -> str:
+        """host:port of the TCP listener: the bound address once open, else the settings."""
+        address = self.server_address
+        if isinstance(address, tuple) and len(address) >= 2:
+            host, port = address[0], address[1]
+        else:
+            host, port = self.listen_host, self.listen_port
+        return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
     def _log_settings(self) -> None:
         self.msg("WebSocket server settings:")
         if self.listen_fd is not None:
@@ -775,8 +784,7 @@ class WebSockifyServer:
         elif self.unix_listen is not None:
             self.msg("  - Listen on unix socket %s", self.unix_listen)
         else:
-            host, port = (self.server_address or (self.listen_host, self.listen_port))[:2]
-            self.msg("  - Listen on %s:%s", host, port)
+            self.msg("  - Listen on %s", self.listening_on())
         if self.web:
             listing = " (no directory listings)" if self.file_only else ""
             self.msg("  - Web server%s. Web root: %s", listing, self.web)
