@@ -30,6 +30,7 @@ from websockify.websockifyserver import (
     CClose,
     WebSockifyRequestHandler,
     WebSockifyServer,
+    drain_wake_up,
 )
 
 __all__ = ["SSL_OPTIONS", "ProxyRequestHandler", "WebSocketProxy", "load_plugin",
@@ -288,8 +289,10 @@ class _Relay:
             want_target = (selectors.EVENT_WRITE if self.to_target else 0) | (
                 0 if client_output else selectors.EVENT_READ)
             ready = self._wait({self.client.socket: want_client, self.target: want_target})
-            if ready.get(self.stop_fd, 0):
-                raise WebSockifyServer.Terminate()
+            if self.stop_fd is not None and ready.get(self.stop_fd, 0):
+                drain_wake_up(self.stop_fd)
+                if self.handler.server.terminating:
+                    raise WebSockifyServer.Terminate()
             client_events = ready.get(self.client.socket, 0)
             target_events = ready.get(self.target, 0)
             if client_events & selectors.EVENT_WRITE:

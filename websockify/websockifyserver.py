@@ -674,12 +674,13 @@ class WebSockifyServer:
         Safe from a signal handler and from another thread.
         """
         self.terminating = True
-        if self._wake is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._wake[1], b"\0")
+        self._wake_up(signal.SIGTERM, None)
 
     def stop_requested_fd(self) -> int | None:
-        """A descriptor that becomes readable when this process is asked to stop."""
+        """A descriptor that becomes readable when this process may have to stop.
+
+        It wakes a wait; ``terminating`` says whether to stop (see :func:`drain_wake_up`).
+        """
         return self._wake[0] if self._wake is not None else None
 
     def do_SIGINT(self, sig: int, stack: FrameType | None) -> None:
@@ -721,7 +722,7 @@ class WebSockifyServer:
                     self.poll()
                     ready = select.select([lsock, self._wake[0]], [], [], 1)[0]
                     if self._wake[0] in ready:
-                        _drain(self._wake[0])
+                        drain_wake_up(self._wake[0])
                     if lsock not in ready or self.terminating:
                         continue
                     startsock, address = lsock.accept()
@@ -800,14 +801,24 @@ class WebSockifyServer:
             self.msg("  - Recording to '%s.*'", self.record)
 
     def _install_signals(self) -> dict[int, Any]:
-        """SIGINT and SIGTERM stop the server (only the main thread may set handlers)."""
+        """SIGINT and SIGTERM stop the server; SIGCHLD wakes it to reap the child at once.
+
+        Only the main thread may set handlers; elsewhere children are reaped within
+        a second and the caller stops the server with :meth:`terminate`.
+        """
         if threading.current_thread() is not threading.main_thread():
             return {}
         saved: dict[int, Any] = {}
-        for sig, handler in ((signal.SIGINT, self.do_SIGINT), (signal.SIGTERM, self.do_SIGTERM)):
+        for sig, handler in ((signal.SIGINT, self.do_SIGINT), (signal.SIGTERM, self.do_SIGTERM),
+                             (signal.SIGCHLD, self._wake_up)):
             saved[sig] = signal.getsignal(sig)
             signal.signal(sig, handler)
         return saved
+
+    def _wake_up(self, sig: int, stack: FrameType | None) -> None:
+        if self._wake is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._wake[1], b"\0")
 
     def _serve(self, lsock: Any, startsock: Any, address: Any) -> None:
         """Serve the client inline (``run_once``) or in a forked child."""
@@ -840,6 +851,8 @@ class WebSockifyServer:
             os.set_blocking(fd, False)
         self._children = set()
         self.terminating = False
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the child's own children are its code's
 
     def _reap_children(self) -> None:
         for pid in list(self._children):
@@ -912,7 +925,8 @@ def _open_descriptors() -> list[int]:
         return list(range(limit))
 
 
-def _drain(fd: int) -> None:
+def drain_wake_up(fd: int) -> None:
+    """Empty the wake-up pipe: its bytes only say "look at the flags"."""
     with contextlib.suppress(BlockingIOError):
         while os.read(fd, 512):
             pass
