@@ -13,7 +13,7 @@ STAMP := $(VENV)/.installed
 -include mk/library.mk
 
 APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES)
-PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES)
+PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES) $(LIBRARY_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean
 

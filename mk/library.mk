@@ -7,6 +7,9 @@
 #                       in eventlet mode and in threading mode.
 _library_default_goal := $(.DEFAULT_GOAL)
 
+# eventlet: tests/test_library_proxy.py runs the library server under its monkey-patching.
+LIBRARY_PIP_PACKAGES := eventlet
+
 UPSTREAM_VERSION := 0.13.0
 UPSTREAM_DIR := .cache/upstream-$(UPSTREAM_VERSION)
 # Upstream tests that call upstream's private internals or assert its bug; the README

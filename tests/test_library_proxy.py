@@ -11,6 +11,8 @@ import hashlib
 import os
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,3 +219,34 @@ def test_wss_clients_and_heartbeat(echo_target: TcpServer,
                 opcode, _, data = reader.read_frame()
             assert (opcode, data) == (OP_BINARY, b"after a ping")
             send_close(sock)
+
+
+@pytest.mark.parametrize("mode", ["eventlet", "threads"])
+def test_program_timers_run_while_relaying(mode: str, echo_target: TcpServer,
+                                           tmp_path: Path) -> None:
+    """nova's session timeout: a threading.Timer shuts the target while do_proxy waits.
+
+    Under eventlet's monkey-patching the relay's wait must be green for the timer to
+    fire at all; with plain threads the wait must notice the target's end.
+    """
+    log_path = tmp_path / "proxy.log"
+    program = Path(__file__).parent / "programs" / "session_timeout_proxy.py"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen([sys.executable, str(program), mode, str(echo_target.port),
+                                    "0.5"], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: b"PORT " in log_path.read_bytes() or process.poll() is not None,
+                   "the proxy's port")
+        port = int(log_path.read_bytes().split(b"PORT ", 1)[1].split()[0])
+        with ws_connect(port) as ws:
+            ws.send(b"before the timer")
+            assert recv_bytes(ws, 16) == b"before the timer"
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    finally:
+        process.terminate()
+        process.wait(TIMEOUT)
+    assert process.returncode == 0, log_path.read_text()
+    if mode == "threads":
+        assert "eventlet" not in log_path.read_text()

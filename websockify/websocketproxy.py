@@ -38,6 +38,9 @@ __all__ = ["SSL_OPTIONS", "ProxyRequestHandler", "WebSocketProxy", "load_plugin"
 
 #: Seconds the last client bytes get to reach the target after the client closed.
 TARGET_FLUSH_TIMEOUT = 5.0
+#: Seconds between checks of the server's stop flag while a relay is idle (a signal
+#: handler cannot always wake the relay: inside eventlet's hub it may not write).
+STOP_CHECK_INTERVAL = 1.0
 
 #: TLS options per minimum version, for ``ssl_options`` (upstream's names).  Upstream
 #: also OR-ed in ``PROTOCOL_SSLv23``, a protocol number that means nothing as an option.
@@ -289,8 +292,9 @@ class _Relay:
             want_target = (selectors.EVENT_WRITE if self.to_target else 0) | (
                 0 if client_output else selectors.EVENT_READ)
             ready = self._wait({self.client.socket: want_client, self.target: want_target})
-            if self.stop_fd is not None and ready.get(self.stop_fd, 0):
-                drain_wake_up(self.stop_fd)
+            if self.stop_fd is not None:
+                if ready.get(self.stop_fd, 0):
+                    drain_wake_up(self.stop_fd)
                 if self.handler.server.terminating:
                     raise WebSockifyServer.Terminate()
             client_events = ready.get(self.client.socket, 0)
@@ -336,9 +340,12 @@ class _Relay:
         return _tls_pending(obj)
 
     def _timeout(self) -> float | None:
-        if self.next_ping is None:
-            return None
-        return max(0.0, self.next_ping - time.monotonic())
+        """Until the next ping; at most a second while a stop may have to be noticed."""
+        timeout = None if self.stop_fd is None else STOP_CHECK_INTERVAL
+        if self.next_ping is not None:
+            until_ping = max(0.0, self.next_ping - time.monotonic())
+            timeout = until_ping if timeout is None else min(timeout, until_ping)
+        return timeout
 
     def _maybe_ping(self) -> None:
         if self.next_ping is not None and time.monotonic() >= self.next_ping:

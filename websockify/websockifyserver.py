@@ -36,7 +36,6 @@ import signal
 import socket
 import ssl
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -674,12 +673,24 @@ class WebSockifyServer:
         Safe from a signal handler and from another thread.
         """
         self.terminating = True
-        self._wake_up(signal.SIGTERM, None)
+        self._wake_up()
+
+    def _wake_up(self, *signal_args: Any) -> None:
+        """Make the server's (or relay's) wait return now, so it looks at the flags.
+
+        Inside eventlet's hub a signal handler may not write (eventlet refuses
+        blocking calls there): the waits also return every second, so the flags
+        are seen then.
+        """
+        if self._wake is not None:
+            with contextlib.suppress(OSError, RuntimeError):
+                os.write(self._wake[1], b"\0")
 
     def stop_requested_fd(self) -> int | None:
         """A descriptor that becomes readable when this process may have to stop.
 
-        It wakes a wait; ``terminating`` says whether to stop (see :func:`drain_wake_up`).
+        It only wakes a wait; ``terminating`` says whether to stop (see
+        :func:`drain_wake_up`).
         """
         return self._wake[0] if self._wake is not None else None
 
@@ -806,19 +817,16 @@ class WebSockifyServer:
         Only the main thread may set handlers; elsewhere children are reaped within
         a second and the caller stops the server with :meth:`terminate`.
         """
-        if threading.current_thread() is not threading.main_thread():
-            return {}
         saved: dict[int, Any] = {}
         for sig, handler in ((signal.SIGINT, self.do_SIGINT), (signal.SIGTERM, self.do_SIGTERM),
                              (signal.SIGCHLD, self._wake_up)):
-            saved[sig] = signal.getsignal(sig)
-            signal.signal(sig, handler)
+            previous = signal.getsignal(sig)
+            try:
+                signal.signal(sig, handler)
+            except ValueError:  # not the main thread (eventlet's patched threading can't tell)
+                break
+            saved[sig] = previous
         return saved
-
-    def _wake_up(self, sig: int, stack: FrameType | None) -> None:
-        if self._wake is not None:
-            with contextlib.suppress(OSError):
-                os.write(self._wake[1], b"\0")
 
     def _serve(self, lsock: Any, startsock: Any, address: Any) -> None:
         """Serve the client inline (``run_once``) or in a forked child."""
@@ -851,7 +859,7 @@ class WebSockifyServer:
             os.set_blocking(fd, False)
         self._children = set()
         self.terminating = False
-        if threading.current_thread() is threading.main_thread():
+        with contextlib.suppress(ValueError):  # ValueError: not the main thread
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the child's own children are its code's
 
     def _reap_children(self) -> None:
@@ -926,7 +934,10 @@ def _open_descriptors() -> list[int]:
 
 
 def drain_wake_up(fd: int) -> None:
-    """Empty the wake-up pipe: its bytes only say "look at the flags"."""
+    """Empty the wake-up pipe: its bytes only say "look at the flags".
+
+    One read, only after the wait said the pipe is readable: under eventlet a
+    second read of an empty pipe would wait for data instead of failing.
+    """
     with contextlib.suppress(BlockingIOError):
-        while os.read(fd, 512):
-            pass
+        os.read(fd, 4096)
