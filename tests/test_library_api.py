@@ -6,6 +6,7 @@ proxy in a forked process or (for the run-once and terminate() cases) a thread.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,7 +164,8 @@ def test_record_writes_upstreams_frame_file(tmp_path: Path, echo_target: TcpServ
                    "the finished recording")
     text = recording.read_text()
     assert text.startswith("var VNC_frame_data = [\n")
-    assert "}recorded'" in text and "{recorded'" in text
+    assert re.search(r"^'\}\d+\}recorded',$", text, re.MULTILINE)  # from the client
+    assert re.search(r"^'\{\d+\{recorded',$", text, re.MULTILINE)  # to the client
 
 
 @pytest.fixture

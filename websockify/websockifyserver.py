@@ -218,16 +218,16 @@ class WebSockifyRequestHandler(WebSocketRequestHandlerMixIn, SimpleHTTPRequestHa
         return bufs, False
 
     def _record(self, direction: str, buf: bytes) -> None:
-        """One entry of the ``record`` file: upstream's JavaScript array of frames."""
+        """One entry of the ``record`` file, upstream's JavaScript array of frames.
+
+        ``'{MS{DATA'`` for data sent to the client and ``'}MS}DATA'`` for data
+        received, MS milliseconds into the connection, DATA escaped as a JS string.
+        """
         if self.rec is None:
             return
         delta = int(time.time() * 1000) - self.start_time
         text = buf.decode("latin-1").encode("unicode_escape").decode("ascii").replace("'", "\\'")
-        mark = "{{" if direction == "{" else "}}"
-        if direction == "{":
-            self.rec.write(f"'{mark}{delta}{{{text}',\n")
-        else:
-            self.rec.write(f"'{mark}{delta}}}{text}',\n")
+        self.rec.write(f"'{direction}{delta}{direction}{text}',\n")
 
     def send_close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake with the client."""
