@@ -78,7 +78,7 @@ class WebSocket:
         self._stream: FrameStream | None = None
         self._messages: deque[bytes] = deque()
         self._send_buffer = bytearray()
-        self._previous_sendmsg: bytes | None = None
+        self._previous_sendmsg: bytes | bytearray | memoryview | None = None
         self._sent_close = False
         self._received_close = False
         self.close_code: int | None = None
@@ -283,18 +283,16 @@ class WebSocket:
             raise TypeError(f"sendmsg() takes bytes, not {type(msg).__name__}")
         if self._sent_close:
             return 0
-        key = bytes(msg)
         if self._previous_sendmsg is not None:
-            if self._previous_sendmsg != key:
+            if self._previous_sendmsg is not msg and self._previous_sendmsg != msg:
                 raise ValueError("repeat the sendmsg() that raised WebSocketWantWriteError first")
             self._previous_sendmsg = None
             self._flush()
             return len(msg)
-        self._send_buffer += self._require_stream().encode_data(msg)
         try:
-            self._flush()
+            self._send(self._require_stream().encode_data(msg))
         except WebSocketWantWriteError:
-            self._previous_sendmsg = key
+            self._previous_sendmsg = msg
             raise
         return len(msg)
 
@@ -309,8 +307,8 @@ class WebSocket:
             raise TypeError(f"ping() takes bytes, not {type(data).__name__}")
         stream = self._require_stream()
         if stream.supports_ping and not self._sent_close:
-            self._send_buffer += stream.encode_ping(data)
-            self.flush()
+            with contextlib.suppress(WebSocketWantWriteError, WebSocketWantReadError):
+                self._send(stream.encode_ping(data))
 
     def pong(self, data: bytes = b"") -> None:
         """Queue a pong and send what the socket takes, as :meth:`ping` does."""
@@ -318,8 +316,8 @@ class WebSocket:
             raise TypeError(f"pong() takes bytes, not {type(data).__name__}")
         stream = self._require_stream()
         if stream.supports_ping and not self._sent_close:
-            self._send_buffer += stream.encode_pong(data)
-            self.flush()
+            with contextlib.suppress(WebSocketWantWriteError, WebSocketWantReadError):
+                self._send(stream.encode_pong(data))
 
     def shutdown(self, how: int | None, code: int = 1000, reason: str | None = None) -> None:
         """Start the closing handshake: send a Close frame; further sends are ignored.
@@ -333,8 +331,7 @@ class WebSocket:
             self.close_code, self.close_reason = 1000, "Locally initiated close"
         self._sent_close = True
         self._previous_sendmsg = None
-        self._send_buffer += self._require_stream().encode_close(code, reason or "")
-        self._flush()
+        self._send(self._require_stream().encode_close(code, reason or ""))
 
     def close(self, code: int = 1000, reason: str | None = None) -> None:
         """Send a Close frame if none was sent (best effort) and close the socket."""
@@ -350,21 +347,43 @@ class WebSocket:
         """True while queued frames wait for the socket to take them."""
         return bool(self._send_buffer)
 
+    def _send(self, data: bytes) -> None:
+        """Send ``data`` after anything queued; what the socket does not take is queued.
+
+        With nothing queued the bytes go straight to the socket, and only an unsent
+        rest is copied into the queue.
+        """
+        if self._send_buffer:
+            self._send_buffer += data
+            self._flush()
+            return
+        view = memoryview(data)
+        while view:
+            try:
+                sent = self._socket_send(view)
+            except (WebSocketWantWriteError, WebSocketWantReadError):
+                self._send_buffer += view
+                raise
+            view = view[sent:]
+
     def _flush(self) -> None:
         """Send queued bytes; raises WebSocketWantWriteError if some must wait."""
         while self._send_buffer:
-            assert self.socket is not None, "WebSocket is not connected"
-            try:
-                sent = self.socket.send(self._send_buffer)
-            except (BlockingIOError, ssl.SSLWantWriteError):
+            del self._send_buffer[:self._socket_send(self._send_buffer)]
+
+    def _socket_send(self, data: bytes | bytearray | memoryview) -> int:
+        assert self.socket is not None, "WebSocket is not connected"
+        try:
+            sent: int = self.socket.send(data)
+        except (BlockingIOError, ssl.SSLWantWriteError):
+            raise WebSocketWantWriteError from None
+        except ssl.SSLWantReadError:
+            raise WebSocketWantReadError from None
+        except OSError as error:
+            if error.errno in _WOULD_BLOCK:
                 raise WebSocketWantWriteError from None
-            except ssl.SSLWantReadError:
-                raise WebSocketWantReadError from None
-            except OSError as error:
-                if error.errno in _WOULD_BLOCK:
-                    raise WebSocketWantWriteError from None
-                raise
-            del self._send_buffer[:sent]
+            raise
+        return sent
 
     def flush(self) -> bool:
         """Send what the socket takes of the queued frames; True if some still wait."""

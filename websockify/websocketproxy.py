@@ -356,6 +356,8 @@ class _Relay:
     def _read_client(self) -> None:
         bufs, closed = self.handler.recv_frames()
         self.to_target.extend(memoryview(buf) for buf in bufs if buf)
+        if self.to_target and not closed:
+            self._send_to_target()  # now: waiting to learn it is writable costs a round trip
         if closed:
             assert isinstance(closed, dict)
             self._flush_target_before_close()
