@@ -13,7 +13,14 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bridge_support import abort, echo_roundtrip, fd_count, wait_until
+from tests.bridge_support import (
+    abort,
+    echo_roundtrip,
+    fd_count,
+    raw_request,
+    wait_until,
+    ws_connect,
+)
 from tests.library_support import LibraryProxy, child_pids, library_proxy
 from tests.support import TIMEOUT, TcpServer, read_http_head
 
@@ -119,3 +126,16 @@ def test_clients_that_vanish_mid_relay(proxy: LibraryProxy) -> None:
         abort(sock)  # TCP reset while the relay runs
     echo_roundtrip(proxy.port)
     assert _settled(proxy) == descriptors
+
+
+def test_connections_beyond_max_connections_get_503(echo_target: TcpServer) -> None:
+    upgrade = (b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    with library_proxy("fork", target_host="127.0.0.1", target_port=echo_target.port,
+                       max_connections=2) as server:
+        with ws_connect(server.port), ws_connect(server.port):
+            wait_until(lambda: len(child_pids(server.process.pid)) == 2, "two children")
+            status, _, body = raw_request(server.port, upgrade)
+            assert (status, body) == (503, b"Too many connections, try later\n")
+        _settled(server)
+        echo_roundtrip(server.port)  # room again

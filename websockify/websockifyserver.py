@@ -67,6 +67,8 @@ DEFAULT_HANDSHAKE_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 #: Seconds children get to say goodbye to their clients on shutdown before SIGKILL.
 CHILD_STOP_TIMEOUT = 5.0
+#: Clients served at once (one process each, about 3.5 MiB of unshared memory) before 503.
+DEFAULT_MAX_CONNECTIONS = 1024
 #: The first bytes of a TLS ClientHello (handshake record) or an SSLv2-style hello.
 _TLS_FIRST_BYTES = (0x16, 0x80)
 
@@ -442,7 +444,8 @@ class WebSockifyServer:
                  unix_listen: str | None = None, unix_listen_mode: int | None = None,
                  handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT,
                  max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
-                 allow_hixie: bool = True) -> None:
+                 allow_hixie: bool = True,
+                 max_connections: int | None = DEFAULT_MAX_CONNECTIONS) -> None:
         self.RequestHandlerClass = RequestHandlerClass
         self.verbose = verbose
         self.listen_fd = listen_fd
@@ -465,6 +468,7 @@ class WebSockifyServer:
         self.handshake_timeout = handshake_timeout
         self.max_message_size = max_message_size
         self.allow_hixie = allow_hixie
+        self.max_connections = max_connections
         self.tcp_keepalive = tcp_keepalive
         self.tcp_keepcnt = tcp_keepcnt
         self.tcp_keepidle = tcp_keepidle
@@ -833,6 +837,11 @@ class WebSockifyServer:
         if self.run_once:
             self.top_new_client(startsock, address)
             return
+        if self.max_connections and len(self._children) >= self.max_connections:
+            self.warn("%s: refused: %d connections already (max_connections)", address[0],
+                      len(self._children))
+            _send_quietly(startsock, _TOO_MANY_CONNECTIONS)
+            return
         self.vmsg("%s: new handler process", address[0])
         pid = os.fork()
         if pid:
@@ -889,6 +898,17 @@ class WebSockifyServer:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self._children.clear()
+
+
+_TOO_MANY_CONNECTIONS = handshake.error_response(
+    HandshakeError("Too many connections, try later", status=503))
+
+
+def _send_quietly(sock: Any, data: bytes) -> None:
+    """One non-blocking send of a refusal; a client that cannot take it gets nothing."""
+    with contextlib.suppress(OSError):
+        sock.setblocking(False)
+        sock.send(data)
 
 
 def _unix_socket(path: str, listen: bool, mode: int | None) -> socket.socket:
