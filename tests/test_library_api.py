@@ -6,7 +6,11 @@ proxy in a forked process or (for the run-once and terminate() cases) a thread.
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -233,3 +237,41 @@ def test_auth_plugin_refusal_is_an_http_answer(echo_target: TcpServer) -> None:
                 "Authorization": "Basic dXNlcjpzZWNyZXQ="}) as ws:
             ws.send(b"let in")
             assert recv_bytes(ws, 6) == b"let in"
+
+
+DAEMON_PROGRAM = """
+import os, sys
+from websockify.websocketproxy import WebSocketProxy
+
+class Proxy(WebSocketProxy):
+    def started(self):
+        super().started()
+        with open(sys.argv[2] + ".tmp", "w") as out:
+            out.write(str(os.getpid()))
+        os.rename(sys.argv[2] + ".tmp", sys.argv[2])
+
+Proxy(unix_listen=sys.argv[1], target_host="127.0.0.1", target_port=int(sys.argv[3]),
+      daemon=True).start_server()
+"""
+
+
+def test_daemon_detaches_and_serves(tmp_path: Path, echo_target: TcpServer) -> None:
+    listen, pid_file = tmp_path / "ws.sock", tmp_path / "daemon.pid"
+    launcher = subprocess.run(
+        [sys.executable, "-c", DAEMON_PROGRAM, str(listen), str(pid_file), str(echo_target.port)],
+        capture_output=True, timeout=TIMEOUT, check=False)
+    assert launcher.returncode == 0, launcher.stderr  # the launching process returns at once
+    wait_until(pid_file.exists, "the daemon's pid file")
+    pid = int(pid_file.read_text())
+    try:
+        assert os.getsid(pid) != os.getsid(0)  # a session of its own, detached from ours
+        assert Path(f"/proc/{pid}/cwd").resolve() == Path("/")
+        with ws_unix_connect(listen) as ws:
+            ws.send(b"from a daemon")
+            assert recv_bytes(ws, 13) == b"from a daemon"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: not Path(f"/proc/{pid}").exists()
+               or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0],
+               "the daemon to exit")
+    assert not listen.exists()  # its unix socket is removed on the way out

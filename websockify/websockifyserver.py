@@ -760,8 +760,11 @@ class WebSockifyServer:
                         startsock.close()
         finally:
             self._stop_children()
-            self.vmsg("Closing socket listening at %s:%s", self.listen_host, self.listen_port)
+            self.vmsg("Closing socket listening at %s", self.unix_listen or self.listening_on())
             lsock.close()
+            if self.unix_listen is not None:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.unix_listen)
             for sig, handler in saved_signals.items():
                 signal.signal(sig, handler)
             for fd in self._wake:
