@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -275,3 +276,12 @@ def test_daemon_detaches_and_serves(tmp_path: Path, echo_target: TcpServer) -> N
                or "Z" in Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0],
                "the daemon to exit")
     assert not listen.exists()  # its unix socket is removed on the way out
+
+
+def test_inherited_listening_socket(echo_target: TcpServer) -> None:
+    """listen_fd (upstream's --inetd): serve on a listening socket the caller opened."""
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            library_proxy("fork", listen_fd=listener.fileno(), target_host="127.0.0.1",
+                          target_port=echo_target.port) as proxy:
+        assert proxy.port == listener.getsockname()[1]
+        echo_roundtrip(proxy.port, b"inherited")
