@@ -30,6 +30,7 @@ from tests.bridge_support import (
 )
 from tests.library_support import library_proxy, python_modules_after
 from tests.support import TIMEOUT, TcpServer
+from websockify.errors import ConfigError
 from websockify.websocketproxy import WebSocketProxy, load_plugin, select_ssl_version
 
 
@@ -86,7 +87,7 @@ def test_construction_takes_upstreams_keywords_without_side_effects(tmp_path: Pa
     WebSocketProxy()  # no arguments at all, as nova's unit tests build it
     with pytest.raises(TypeError):
         WebSocketProxy(no_such_option=1)
-    with pytest.raises(ValueError, match="wrap"):
+    with pytest.raises(ConfigError, match="wrap"):
         WebSocketProxy(wrap_cmd=["vncserver"])
 
 

@@ -25,6 +25,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
+from websockify.errors import ConfigError
 from websockify.websocket import WebSocketWantReadError, WebSocketWantWriteError
 from websockify.websockifyserver import (
     CClose,
@@ -452,7 +453,7 @@ class WebSocketProxy(WebSockifyServer):
         self.auth_plugin = kwargs.pop("auth_plugin", None)
         self.auth_source = kwargs.pop("auth_source", None)
         if self.wrap_cmd:
-            raise ValueError("wrap_cmd: the library server does not wrap programs; "
+            raise ConfigError("wrap_cmd: the library server does not wrap programs; "
                              "run the websockify command with '-- COMMAND' instead")
         super().__init__(RequestHandlerClass, *args, **kwargs)
 

@@ -44,7 +44,7 @@ from types import FrameType
 from typing import Any
 
 from websockify.codec_adapter import FrameStream
-from websockify.errors import HandshakeError
+from websockify.errors import ConfigError, HandshakeError
 from websockify.protocol import handshake
 from websockify.stdlib_http import lower_case_headers, take_buffered_input
 from websockify.websocket import (
@@ -482,7 +482,7 @@ class WebSockifyServer:
         self.cafile = os.path.abspath(cafile) if cafile else ""
         self.only_upgrade = not self.web
         if self.daemon and resource is None:
-            raise ValueError("daemon mode needs the 'resource' module")
+            raise ConfigError("daemon mode needs the 'resource' module")
 
         self.launch_time = time.time()
         self.ws_connection = False
