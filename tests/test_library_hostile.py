@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -139,3 +140,28 @@ def test_connections_beyond_max_connections_get_503(echo_target: TcpServer) -> N
             assert (status, body) == (503, b"Too many connections, try later\n")
         _settled(server)
         echo_roundtrip(server.port)  # room again
+
+
+def test_a_request_trickling_in_is_dropped_at_the_deadline(proxy: LibraryProxy) -> None:
+    """Each byte comes well within the per-read timeout; the whole request never does."""
+    descriptors = _settled(proxy)
+    stop = threading.Event()
+    with _connect(proxy) as sock:
+        def trickle() -> None:
+            for byte in b"GET / HTTP/1.1\r\nHost: x\r\n" + b"X-Slow: " + b"y" * 1000:
+                if stop.wait(0.2):
+                    return
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    return
+
+        sender = threading.Thread(target=trickle, daemon=True)
+        sender.start()
+        try:
+            assert _read_until_closed(sock) == b""  # dropped: 1 s deadline, bounded wait
+        finally:
+            stop.set()
+            sender.join(TIMEOUT)
+    echo_roundtrip(proxy.port)
+    assert _settled(proxy) == descriptors

@@ -243,14 +243,24 @@ class WebSockifyRequestHandler(WebSocketRequestHandlerMixIn, SimpleHTTPRequestHa
 
     # -- requests ----------------------------------------------------------------------
 
+    def handle_one_request(self) -> None:
+        self._request_deadline(True)  # the first request's deadline started at accept
+        super().handle_one_request()
+
     def parse_request(self) -> bool:
         """As the standard one, and an upgrade asked with another method than GET gets 405."""
+        self._request_deadline(False)
         if not super().parse_request():
             return False
         if self.command != "GET" and self.is_websocket_request():
             self._accept_upgrade()  # refuses it, as the gevent server does
             return False
         return True
+
+    def _request_deadline(self, running: bool) -> None:
+        """Start or stop the whole-request deadline, where the server keeps one."""
+        if isinstance(self.server, WebSockifyServer):
+            self.server.request_deadline(self.connection, running)
 
     def do_GET(self) -> None:
         if self.is_websocket_request():
@@ -493,6 +503,9 @@ class WebSockifyServer:
         self.server_address: Any = None
         self._children: set[int] = set()
         self._wake: tuple[int, int] | None = None
+        #: True in a connection's child process (see :meth:`request_deadline`).
+        self._in_child = False
+        self._request_expired = False
 
     # -- static helpers (upstream's API) ---------------------------------------------------
 
@@ -619,6 +632,33 @@ class WebSockifyServer:
         except (ssl.SSLError, OSError) as error:
             raise self.EClose(f"TLS handshake failed: {error}") from None
 
+    def request_deadline(self, sock: Any, running: bool) -> None:
+        """In a connection's child: drop the client unless its request arrives in time.
+
+        The whole request head (and the TLS handshake before the first one) must
+        arrive within ``handshake_timeout`` seconds, however slowly it trickles in;
+        then the client socket is shut down, which ends the read waiting for it.
+        Each read also waits at most that long, which is all there is elsewhere
+        (``run_once``, handlers run by other servers): a timer signal is
+        process-wide, so only a process serving one client may use it.
+        """
+        if not self._in_child or not self.handshake_timeout:
+            return
+        if not running:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            return
+
+        def expire(sig: int, stack: FrameType | None) -> None:
+            self._request_expired = True
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        try:
+            signal.signal(signal.SIGALRM, expire)
+        except ValueError:  # not the main thread: no timer (its default action would kill)
+            return
+        signal.setitimer(signal.ITIMER_REAL, self.handshake_timeout)
+
     def top_new_client(self, startsock: Any, address: Any) -> None:
         """Serve one accepted connection (in its child, or inline with ``run_once``)."""
         client = None
@@ -626,6 +666,7 @@ class WebSockifyServer:
         try:
             with contextlib.suppress(AttributeError, OSError):
                 startsock.settimeout(self.handshake_timeout)
+            self.request_deadline(startsock, True)
             client = self.do_handshake(startsock, address)
         except self.EClose as error:
             if error.args and error.args[0]:
@@ -638,6 +679,10 @@ class WebSockifyServer:
             self.msg("handler exception: %s", error)
             self.vmsg("exception", exc_info=True)
         finally:
+            self.request_deadline(startsock, False)
+            if self._request_expired:
+                self.msg("%s: request not complete within %s s; connection dropped", host,
+                         self.handshake_timeout)
             if client is not None and client is not startsock:
                 client.close()
 
@@ -871,6 +916,7 @@ class WebSockifyServer:
             os.set_blocking(fd, False)
         self._children = set()
         self.terminating = False
+        self._in_child = True
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # the child's own children are its code's
 
