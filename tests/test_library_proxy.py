@@ -26,9 +26,11 @@ from websockets.typing import Subprotocol
 from tests.bridge_support import (
     OP_BINARY,
     OP_PING,
+    FloodTarget,
     FrameReader,
     recv_bytes,
     send_close,
+    upgrade,
     wait_until,
     ws_connect,
     ws_unix_connect,
@@ -72,6 +74,14 @@ class TlsTargetHandler(ProxyRequestHandler):
             self.do_proxy(tsock)
         finally:
             tsock.close()
+
+
+class SmallSendBufferHandler(ProxyRequestHandler):
+    """Shrinks the client socket's send buffer, so frames often go out in pieces."""
+
+    def new_websocket_client(self) -> None:
+        self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        super().new_websocket_client()
 
 
 class TlsTargetProxy(WebSocketProxy):
@@ -250,3 +260,29 @@ def test_program_timers_run_while_relaying(mode: str, echo_target: TcpServer,
     assert process.returncode == 0, log_path.read_text()
     if mode == "threads":
         assert "eventlet" not in log_path.read_text()
+
+
+def test_download_to_a_slow_reader_is_exact() -> None:
+    """Tiny socket buffers on both sides: the relay keeps hitting a full socket."""
+    size = 8 << 20
+    target = FloodTarget([size], block=os.urandom(1 << 20))
+    try:
+        with library_proxy("fork", "tests.test_library_proxy:SmallSendBufferHandler",
+                           target_host="127.0.0.1", target_port=target.port) as proxy:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.settimeout(TIMEOUT)
+            sock.connect(("127.0.0.1", proxy.port))
+            with sock:
+                assert upgrade(sock).startswith(b"HTTP/1.1 101")
+                reader, digest, received = FrameReader(sock), hashlib.sha256(), 0
+                while received < size:
+                    opcode, _, payload = reader.read_frame()
+                    assert opcode == OP_BINARY
+                    digest.update(payload)
+                    received += len(payload)
+                assert received == size
+                assert digest.hexdigest() == target.expected_sha256(0)
+                assert reader.expect_close().code == 1000  # the target's end, after its bytes
+    finally:
+        target.close()

@@ -286,8 +286,8 @@ class WebSocket:
         if self._previous_sendmsg is not None:
             if self._previous_sendmsg is not msg and self._previous_sendmsg != msg:
                 raise ValueError("repeat the sendmsg() that raised WebSocketWantWriteError first")
+            self._flush()  # raises again while the frame is not all sent
             self._previous_sendmsg = None
-            self._flush()
             return len(msg)
         try:
             self._send(self._require_stream().encode_data(msg))
@@ -338,7 +338,8 @@ class WebSocket:
         if self.socket is None:
             return
         if self._stream is not None and not self._sent_close:
-            self._answer_control(self.shutdown, socket_module.SHUT_RDWR, code, reason)
+            with contextlib.suppress(OSError):  # best effort: the peer may be gone
+                self.shutdown(socket_module.SHUT_RDWR, code, reason)
         self.socket.close()
         self.socket = None
 
