@@ -77,11 +77,15 @@ class TlsTargetHandler(ProxyRequestHandler):
 
 
 class SmallSendBufferHandler(ProxyRequestHandler):
-    """Shrinks the client socket's send buffer, so frames often go out in pieces."""
+    """Shrinks both send buffers, so frames and target writes often go out in pieces."""
 
     def new_websocket_client(self) -> None:
         self.request.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         super().new_websocket_client()
+
+    def do_proxy(self, target: socket.socket) -> None:
+        target.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        super().do_proxy(target)
 
 
 class TlsTargetProxy(WebSocketProxy):
@@ -286,3 +290,20 @@ def test_download_to_a_slow_reader_is_exact() -> None:
                 assert reader.expect_close().code == 1000  # the target's end, after its bytes
     finally:
         target.close()
+
+
+def test_both_ways_at_once_through_tiny_buffers_is_exact(echo_target: TcpServer) -> None:
+    """Upload and echo concurrently while every socket on the way is nearly full."""
+    payload = os.urandom(6 << 20)
+    with library_proxy("fork", "tests.test_library_proxy:SmallSendBufferHandler",
+                       target_host="127.0.0.1", target_port=echo_target.port) as proxy, \
+            ws_connect(proxy.port) as ws:
+        def upload() -> None:
+            for start in range(0, len(payload), 65536):
+                ws.send(payload[start:start + 65536])
+
+        sender = threading.Thread(target=upload, daemon=True)
+        sender.start()
+        received = recv_bytes(ws, len(payload), timeout=4 * TIMEOUT)
+        sender.join(TIMEOUT)
+    assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
