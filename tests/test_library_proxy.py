@@ -292,12 +292,19 @@ def test_download_to_a_slow_reader_is_exact() -> None:
         target.close()
 
 
-def test_both_ways_at_once_through_tiny_buffers_is_exact(echo_target: TcpServer) -> None:
+@pytest.mark.parametrize("scheme", ["ws", "wss"])
+def test_both_ways_at_once_through_tiny_buffers_is_exact(
+        scheme: str, echo_target: TcpServer, certificate: tuple[Path, Path]) -> None:
     """Upload and echo concurrently while every socket on the way is nearly full."""
     payload = os.urandom(6 << 20)
+    cert, key = certificate
+    tls = {"cert": str(cert), "key": str(key)} if scheme == "wss" else {}
     with library_proxy("fork", "tests.test_library_proxy:SmallSendBufferHandler",
-                       target_host="127.0.0.1", target_port=echo_target.port) as proxy, \
-            ws_connect(proxy.port) as ws:
+                       target_host="127.0.0.1", target_port=echo_target.port, **tls) as proxy, \
+            connect(f"{scheme}://localhost:{proxy.port}/", open_timeout=TIMEOUT,
+                    ssl=ssl.create_default_context(cafile=str(cert)) if tls else None,
+                    subprotocols=[Subprotocol("binary")], max_size=None,
+                    ping_interval=None) as ws:
         def upload() -> None:
             for start in range(0, len(payload), 65536):
                 ws.send(payload[start:start + 65536])
