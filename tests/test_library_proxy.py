@@ -126,6 +126,16 @@ def tls_echo_target(certificate: tuple[Path, Path]) -> Iterator[TcpServer]:
     server.close()
 
 
+def _accepts(path: Path) -> bool:
+    """True once a unix socket listens (the file exists a moment before it does)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
 def _transfer(port: int, size: int, path: str = "/") -> None:
     """Upload ``size`` random bytes in 64 KiB messages and read the same bytes back."""
     payload = os.urandom(size)
@@ -165,7 +175,7 @@ def test_the_proxy_object_itself_as_process_target(method: str, tmp_path: Path,
     process = multiprocessing.get_context(method).Process(target=proxy.start_server)
     process.start()
     try:
-        wait_until(listen.exists, "the proxy's unix socket")
+        wait_until(lambda: _accepts(listen), "the proxy's unix socket to accept")
         with ws_unix_connect(listen) as ws:
             ws.send(b"through a pickled proxy")
             assert recv_bytes(ws, 23) == b"through a pickled proxy"
