@@ -31,7 +31,12 @@ from tests.bridge_support import (
 from tests.library_support import library_proxy, python_modules_after
 from tests.support import TIMEOUT, TcpServer
 from websockify.errors import ConfigError
-from websockify.websocketproxy import WebSocketProxy, load_plugin, select_ssl_version
+from websockify.websocketproxy import (
+    ProxyRequestHandler,
+    WebSocketProxy,
+    load_plugin,
+    select_ssl_version,
+)
 
 
 class DictTokens:
@@ -48,6 +53,19 @@ class DictTokens:
             return "unix_socket", target[len("unix:"):]
         host, _, port = target.rpartition(":")
         return host, port
+
+
+class PortInPathHandler(ProxyRequestHandler):
+    """Picks this connection's target itself: the port is the request path."""
+
+    def validate_connection(self) -> None:
+        self.target_host, self.target_port = "127.0.0.1", int(self.path.strip("/"))
+
+
+def test_a_subclass_sets_the_connections_own_target(echo_target: TcpServer) -> None:
+    with library_proxy("fork", "tests.test_library_api:PortInPathHandler",
+                       target_host="127.0.0.1", target_port=1) as proxy:
+        echo_roundtrip_path(proxy.port, f"/{echo_target.port}", b"own target")
 
 
 def test_import_websockify_loads_neither_gevent_nor_the_library_layer() -> None:

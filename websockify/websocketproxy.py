@@ -103,29 +103,40 @@ Traffic Legend:
     socket = staticmethod(WebSockifyServer.socket)
 
     def __init__(self, req: Any, addr: Any, server: Any) -> None:
-        self._token_target: tuple[Any, Any, Any] | None = None
+        #: This connection's own target, where it differs from the server's.
+        self._target: dict[str, Any] = {}
         super().__init__(req, addr, server)
 
-    # -- the target ----------------------------------------------------------------------
+    # -- the target: this connection's choice (token plugin, subclass), else the server's ----
+
+    def _target_part(self, name: str) -> Any:
+        if name in self._target:
+            return self._target[name]
+        return getattr(self.server, name, None)
 
     @property
     def target_host(self) -> Any:
-        """This connection's target host: the token plugin's choice, else the server's."""
-        if self._token_target is not None:
-            return self._token_target[0]
-        return getattr(self.server, "target_host", None)
+        return self._target_part("target_host")
+
+    @target_host.setter
+    def target_host(self, value: Any) -> None:
+        self._target["target_host"] = value
 
     @property
     def target_port(self) -> Any:
-        if self._token_target is not None:
-            return self._token_target[1]
-        return getattr(self.server, "target_port", None)
+        return self._target_part("target_port")
+
+    @target_port.setter
+    def target_port(self, value: Any) -> None:
+        self._target["target_port"] = value
 
     @property
     def unix_target(self) -> Any:
-        if self._token_target is not None:
-            return self._token_target[2]
-        return getattr(self.server, "unix_target", None)
+        return self._target_part("unix_target")
+
+    @unix_target.setter
+    def unix_target(self, value: Any) -> None:
+        self._target["unix_target"] = value
 
     def validate_connection(self) -> None:
         """Look the connection's token up with the server's token plugin, if it has one."""
@@ -136,9 +147,9 @@ Traffic Legend:
                              getattr(self.server, "token_source", None))
         host, port = self.get_target(plugin)
         if host == "unix_socket":
-            self._token_target = (None, None, port)
+            self.target_host, self.target_port, self.unix_target = None, None, port
         else:
-            self._token_target = (host, port, None)
+            self.target_host, self.target_port, self.unix_target = host, port, None
 
     def get_target(self, target_plugin: Any) -> tuple[Any, Any]:
         """The (host, port) the plugin gives for this request's token.
