@@ -324,3 +324,24 @@ def test_both_ways_at_once_through_tiny_buffers_is_exact(
         received = recv_bytes(ws, len(payload), timeout=4 * TIMEOUT)
         sender.join(TIMEOUT)
     assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+def test_ssl_options_set_the_minimum_tls_version(echo_target: TcpServer,
+                                                  certificate: tuple[Path, Path]) -> None:
+    """nova passes select_ssl_version(...) as ssl_options: it must keep older TLS out."""
+    from websockify.websocketproxy import select_ssl_version
+
+    cert, key = certificate
+    with library_proxy("fork", target_host="127.0.0.1", target_port=echo_target.port,
+                       cert=str(cert), key=str(key),
+                       ssl_options=select_ssl_version("tlsv1_3")) as proxy:
+        old_client = ssl.create_default_context(cafile=str(cert))
+        old_client.maximum_version = ssl.TLSVersion.TLSv1_2
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=TIMEOUT) as raw, \
+                pytest.raises(ssl.SSLError):
+            old_client.wrap_socket(raw, server_hostname="localhost")
+        with connect(f"wss://localhost:{proxy.port}/", open_timeout=TIMEOUT,
+                     ssl=ssl.create_default_context(cafile=str(cert)),
+                     subprotocols=[Subprotocol("binary")], ping_interval=None) as ws:
+            ws.send(b"TLS 1.3 only")
+            assert recv_bytes(ws, 12) == b"TLS 1.3 only"

@@ -37,6 +37,7 @@ import socket
 import ssl
 import sys
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
 from http.server import SimpleHTTPRequestHandler
@@ -614,7 +615,7 @@ class WebSockifyServer:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         if self.ssl_ciphers is not None:
             context.set_ciphers(self.ssl_ciphers)
-        context.options |= self.ssl_options
+        _apply_ssl_options(context, self.ssl_options)
         try:
             context.load_cert_chain(certfile=self.cert, keyfile=self.key,
                                     password=self.key_password)
@@ -947,6 +948,34 @@ class WebSockifyServer:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, 0)
         self._children.clear()
+
+
+#: Upstream's way to ask for a minimum TLS version (see ``select_ssl_version``), and
+#: the version each flag, with the ones before it, leaves as the lowest.
+_TLS_FLOOR_FLAGS = (
+    (ssl.OP_NO_TLSv1, ssl.TLSVersion.TLSv1_1),
+    (ssl.OP_NO_TLSv1_1, ssl.TLSVersion.TLSv1_2),
+    (ssl.OP_NO_TLSv1_2, ssl.TLSVersion.TLSv1_3),
+)
+
+
+def _apply_ssl_options(context: Any, options: int) -> None:
+    """OR upstream's ``ssl_options`` into the context's options.
+
+    The OP_NO_TLS* flags in them are deprecated in Python (and warn), so they also
+    become the context's ``minimum_version``, the supported way to say the same;
+    the options are then set with that warning silenced.
+    """
+    floor = None
+    for flag, version in _TLS_FLOOR_FLAGS:
+        if not options & flag:
+            break
+        floor = version
+    if floor is not None and context.minimum_version < floor:
+        context.minimum_version = floor
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.options |= options
 
 
 _TOO_MANY_CONNECTIONS = handshake.error_response(
