@@ -9,8 +9,10 @@ STAMP := $(VENV)/.installed
 
 # Extra Debian and pip packages of the launcher, the VNC demo and their tests.
 -include mk/launcher.mk
+# The wheel, the sdist and the Debian package: make deb, make deb-check.
+-include mk/packaging.mk
 
-APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES)
+APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES) $(PACKAGING_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean

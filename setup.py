@@ -71,7 +71,11 @@ class BuildWithRebind(build_py):
         if shutil.which(compiler[0]) is None:
             return f"no C compiler found ({compiler[0]!r}; set $CC to use another)"
         target.parent.mkdir(parents=True, exist_ok=True)
-        command = [*compiler, *REBIND_FLAGS, "-o", str(target), str(REBIND_SOURCE), "-ldl"]
+        # Distribution builds pass hardening flags this way (dpkg-buildflags).
+        flags = [flag for name in ("CPPFLAGS", "CFLAGS", "LDFLAGS")
+                 for flag in shlex.split(os.environ.get(name, ""))]
+        command = [*compiler, *REBIND_FLAGS, *flags, "-o", str(target), str(REBIND_SOURCE),
+                   "-ldl"]
         self.announce(" ".join(command), level=2)
         result = subprocess.run(command, capture_output=True, text=True)
         if result.returncode != 0:

@@ -1,0 +1,50 @@
+# Packaging: `make deb` builds dist/websockify_<version>_<arch>.deb with Debian's
+# own tools (dpkg-buildpackage, debhelper, pybuild) from a copy of the source in
+# build/deb; `make deb-check` runs tests/test_deb.py alone (it builds the package,
+# inspects it, and installs, runs, removes and purges it in a throwaway root);
+# `make man` writes websockify.1.
+# Included by the Makefile; it leaves the including Makefile's default goal alone.
+_packaging_default_goal := $(.DEFAULT_GOAL)
+
+# The one version string is websockify/__init__.py's.
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' websockify/__init__.py)
+DEB_ARCH = $(shell dpkg --print-architecture)
+DEB_BUILD_DIR := build/deb
+DIST_DIR := dist
+DEB_SOURCE_DIR := $(DEB_BUILD_DIR)/websockify-$(VERSION)
+DEB_MAINTAINER := websockify developers <websockify@example.org>
+# What the source package is made of (the rest of the tree is development-only).
+DEB_SOURCE_FILES := setup.py pyproject.toml MANIFEST.in README.md websockify rebind \
+	scripts/manpage.py debian
+
+# Building the .deb and checking it (lintian); Debian 12's gevent, gevent-websocket
+# and numpy, which the package depends on, also run the suite (test-debian-python).
+PACKAGING_APT_PACKAGES := dpkg-dev debhelper dh-python fakeroot lintian python3-all \
+	python3-setuptools python3-gevent python3-gevent-websocket python3-numpy
+
+.PHONY: deb deb-check man
+
+deb:
+	@$(MAKE) --no-print-directory system-packages \
+		APT_PACKAGES="gcc libc6-dev $(PACKAGING_APT_PACKAGES)"
+	rm -rf $(DEB_BUILD_DIR)
+	mkdir -p $(DEB_SOURCE_DIR) $(DIST_DIR)
+	tar -c --exclude='*.so' --exclude=__pycache__ --exclude='*.egg-info' \
+		$(DEB_SOURCE_FILES) | tar -x -C $(DEB_SOURCE_DIR)
+	printf 'websockify (%s) unstable; urgency=medium\n\n  * Release %s.\n\n -- %s  %s\n' \
+		'$(VERSION)' '$(VERSION)' '$(DEB_MAINTAINER)' \
+		"$$(git log -1 --format=%cD 2>/dev/null || date -R)" \
+		> $(DEB_SOURCE_DIR)/debian/changelog
+	cd $(DEB_SOURCE_DIR) && dpkg-buildpackage --build=binary --no-sign
+	cp $(DEB_BUILD_DIR)/websockify_$(VERSION)_$(DEB_ARCH).deb $(DIST_DIR)/
+	@echo "built $(DIST_DIR)/websockify_$(VERSION)_$(DEB_ARCH).deb"
+
+# The package's own tests alone (make test runs them too): build, inspect, lintian,
+# and install/run/remove/purge in a throwaway root.
+deb-check: system-packages venv
+	$(PY) -m pytest -q tests/test_deb.py
+
+man:
+	$(PYTHON) scripts/manpage.py > websockify.1
+
+.DEFAULT_GOAL := $(_packaging_default_goal)

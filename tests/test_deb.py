@@ -1,0 +1,248 @@
+"""The Debian package: ``make deb`` builds it, and it is right.
+
+- Inspected: its name, relations (Debian's python3-gevent, python3-gevent-websocket,
+  python3-numpy; it takes over python3-websockify), contents, maintainer scripts,
+  the man page against the parser, and lintian.
+- Installed, run, removed and purged in a throwaway root (an overlay of ``/`` in
+  namespaces of its own, see tests/deb_support.py) with apt, as a user would: from
+  that install ``websockify --web /usr/share/novnc 6080 -- Xtigervnc :1`` serves
+  noVNC's page and the VNC server's greeting, ``rebind`` moves a port, ``apt
+  remove`` leaves only the configuration and ``apt purge`` nothing at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deb_support import ThrowawayRoot, build_deb
+from tests.launcher_support import wait_until
+from tests.support import LISTENING, REPO
+from websockify import __version__
+from websockify.cli import build_parser
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.geteuid() != 0, reason="namespaces and mounts need root"),
+]
+
+SHIM = "/usr/lib/websockify/rebind.so"
+CONFFILE = "/etc/websockify/6080.conf"
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_deb(tmp_path_factory.mktemp("deb"))
+
+
+def field(deb: Path, name: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def contents(deb: Path) -> dict[str, str]:
+    """Every path in the package (without the leading '.'), mapped to its ls-style line."""
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout
+    found = {}
+    for line in listing.splitlines():
+        name = line.split(None, 5)[5].split(" -> ")[0]
+        found[name.lstrip(".").rstrip("/") or "/"] = line
+    return found
+
+
+def test_deb_is_named_for_the_version_and_architecture(deb: Path) -> None:
+    arch = subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    assert deb.name == f"websockify_{__version__}_{arch}.deb"
+    assert field(deb, "Version") == __version__
+    assert field(deb, "Architecture") == arch
+
+
+def test_deb_depends_on_debians_packages_and_takes_over_python3_websockify(deb: Path) -> None:
+    depends = {d.split()[0] for d in field(deb, "Depends").split(", ")}
+    assert {"python3-gevent", "python3-gevent-websocket", "python3-numpy"} <= depends
+    assert {"python3-jwcrypto", "python3-redis", "python3-requests"} <= set(
+        field(deb, "Suggests").split(", "))
+    assert field(deb, "Provides") == f"python3-websockify (= {__version__})"
+    assert field(deb, "Breaks") == f"python3-websockify (<< {__version__})"
+    assert field(deb, "Replaces") == f"python3-websockify (<< {__version__})"
+
+
+def test_deb_contents(deb: Path) -> None:
+    files = contents(deb)
+    for path in ("/usr/bin/websockify", "/usr/bin/rebind", SHIM,
+                 "/usr/share/man/man1/websockify.1.gz", "/usr/share/man/man1/rebind.1.gz",
+                 "/lib/systemd/system/websockify@.service",
+                 "/lib/systemd/system/websockify@.socket", CONFFILE,
+                 "/usr/share/doc/websockify/README.md.gz",
+                 "/usr/share/doc/websockify/copyright",
+                 "/usr/lib/python3/dist-packages/websockify/__init__.py",
+                 "/usr/lib/python3/dist-packages/websockify/protocol/hybi.py"):
+        assert path in files, path
+    assert files[SHIM].startswith("-rw-r--r--")
+    assert files["/usr/bin/rebind"].startswith("-rwxr-xr-x")
+    link = files["/usr/lib/python3/dist-packages/websockify/rebind.so"]
+    assert link.startswith("l") and link.endswith("-> ../../../websockify/rebind.so")
+    assert sorted(p for p in files if p.endswith(".so")) == [
+        "/usr/lib/python3/dist-packages/websockify/rebind.so", SHIM]
+    assert not [p for p in files if "__pycache__" in p or p.endswith(".pyc")]
+    assert not [p for p in files if p.startswith("/usr/lib/python3/dist-packages/tests")]
+
+
+def test_deb_maintainer_scripts_compile_python_and_enable_nothing(
+        deb: Path, tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "control")], check=True)
+    scripts = {p.name: p.read_text() for p in (tmp_path / "control").iterdir()}
+    assert set(scripts) == {"control", "md5sums", "conffiles", "postinst", "prerm"}
+    assert scripts["conffiles"].split() == [CONFFILE]
+    assert "py3compile -p websockify" in scripts["postinst"]
+    assert "py3clean -p websockify" in scripts["prerm"]
+    for name in ("postinst", "prerm"):
+        assert "systemctl" not in scripts[name] and "deb-systemd" not in scripts[name]
+
+
+def test_deb_passes_lintian(deb: Path) -> None:
+    result = subprocess.run(["lintian", "--fail-on", "error", "--no-tag-display-limit",
+                             str(deb)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not [line for line in result.stdout.splitlines() if line.startswith("E:")]
+
+
+def option_strings(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions if action.help != argparse.SUPPRESS
+            for name in action.option_strings]
+
+
+def test_man_page_is_the_parsers_help(deb: Path, tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    page = tmp_path / "usr/share/man/man1/websockify.1.gz"
+    source = gzip.decompress(page.read_bytes()).decode()
+    assert f'"websockify {__version__}"' in source
+    for option in option_strings(build_parser()):
+        assert f"\\fB{option.replace('-', chr(92) + '-')}\\fR" in source, option
+    for action in build_parser()._actions:
+        if action.help and action.help != argparse.SUPPRESS and "%(" not in action.help:
+            assert action.help.replace("-", "\\-") in source, action.help
+    rendered = {name: render_man_page(page.with_name(name))
+                for name in ("websockify.1.gz", "rebind.1.gz")}
+    assert "--unix-target FILE" in rendered["websockify.1.gz"]
+    assert "OLD_PORT NEW_PORT COMMAND" in rendered["rebind.1.gz"]
+
+
+def render_man_page(page: Path) -> str:
+    """What man shows; groff's warnings fail the test."""
+    result = subprocess.run(
+        ["man", "--warnings", "-E", "UTF-8", "-l", str(page)], capture_output=True, text=True,
+        env=dict(os.environ, MANWIDTH="80", LC_ALL="C.UTF-8", MAN_KEEP_FORMATTING=""))
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    return result.stdout
+
+
+# --- install, run, remove and purge in a throwaway root ---------------------------------
+
+@pytest.fixture
+def root(tmp_path: Path) -> Iterator[ThrowawayRoot]:
+    throwaway = ThrowawayRoot(tmp_path / "throwaway")
+    try:
+        yield throwaway
+    finally:
+        throwaway.close()
+
+
+CLIENT = """
+import json, socket
+from tests.support import open_websocket, read_server_frame
+http = socket.create_connection(("127.0.0.1", 6080), timeout=10)
+http.sendall(b"GET /vnc.html HTTP/1.0\\r\\n\\r\\n")
+status = http.recv(64).split(b"\\r\\n")[0].decode()
+sock, head = open_websocket(6080)
+greeting = read_server_frame(sock)[2].decode()
+echo = socket.create_connection(("127.0.0.1", 5911), timeout=10)
+echo.sendall(b"moved")
+print(json.dumps({"page": status, "upgrade": head.split(b"\\r\\n")[0].decode(),
+                  "greeting": greeting, "echo": echo.recv(64).decode()}))
+"""
+
+
+def status_of(root: ThrowawayRoot, package: str) -> str:
+    return root.run(f"dpkg-query -W -f='${{Status}}' {package} 2>/dev/null || true").stdout
+
+
+def test_deb_installs_serves_novnc_and_removes_cleanly(
+        deb: Path, root: ThrowawayRoot, tmp_path: Path) -> None:
+    files = contents(deb)
+    shutil.copy(deb, root.path(f"/tmp/{deb.name}"))
+    # man-db's trigger would rebuild the whole index: not what is tested here.
+    root.run("rm -f /var/lib/man-db/auto-update")
+    installed = root.run(f"apt-get install -y /tmp/{deb.name}", timeout=300).stdout
+    assert status_of(root, "websockify") == "install ok installed"
+    assert not status_of(root, "python3-websockify").endswith(" installed"), installed
+    assert root.run("websockify --version").stdout.strip() == f"websockify {__version__}"
+    assert root.run(
+        "python3 -c 'from websockify.launcher import find_rebind; print(find_rebind(None))'"
+    ).stdout.strip() == SHIM
+    assert root.run("find /etc/systemd -name 'websockify*'").stdout == ""  # nothing enabled
+    assert root.run("man -w websockify").stdout.strip() == "/usr/share/man/man1/websockify.1.gz"
+
+    log = tmp_path / "websockify.log"
+    with open(log, "wb") as out:
+        server = subprocess.Popen(root.command(
+            "echo $$ > /tmp/websockify.pid && exec websockify --web /usr/share/novnc 6080 "
+            "-- Xtigervnc :1 -SecurityTypes None -geometry 320x240"),
+            stdout=out, stderr=subprocess.STDOUT)
+        moved = subprocess.Popen(root.command(
+            f"exec rebind 5901 5911 python3 {REPO}/tests/programs/fixed_port_server.py "
+            "--port 5901"), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: LISTENING.search(log.read_text(errors="replace"))
+                   and "moved to 127.0.0.1" in log.read_text(errors="replace"),
+                   "websockify and Xtigervnc to listen")
+        seen = json.loads(root.run_python_here(CLIENT))
+        assert seen["page"] == "HTTP/1.1 200 OK", seen
+        assert seen["upgrade"] == "HTTP/1.1 101 Switching Protocols", seen
+        assert seen["greeting"].startswith("RFB 003.0"), seen
+        assert seen["echo"] == "moved", seen
+        root.run("kill -TERM $(cat /tmp/websockify.pid)")
+        assert server.wait(30) == 0, log.read_text()
+    finally:
+        for process in (server, moved):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
+
+    root.run("apt-get remove -y websockify", timeout=300)
+    assert status_of(root, "websockify") == "deinstall ok config-files"
+    left = [p for p, line in files.items()
+            if not line.startswith("d") and p != CONFFILE and os.path.lexists(root.path(p))]
+    assert left == []
+    assert not root.path("/usr/lib/python3/dist-packages/websockify").exists()
+    assert root.path(CONFFILE).is_file()
+
+    root.run("apt-get purge -y websockify", timeout=300)
+    assert status_of(root, "websockify") in ("", "unknown ok not-installed")
+    assert not root.path("/etc/websockify").exists()
+    assert leftovers(root.upper()) == []
+
+
+def leftovers(upper: Path) -> list[str]:
+    """Files the package left in the root: anything named websockify in the overlay's
+    upper layer that is not a whiteout (a deletion) or apt's log."""
+    found = []
+    for path in upper.rglob("*websockify*"):
+        info = path.lstat()
+        if stat.S_ISCHR(info.st_mode) and info.st_rdev == 0:
+            continue  # a whiteout: something of the host's was deleted there
+        relative = "/" + path.relative_to(upper).as_posix()
+        if not relative.startswith("/var/log/"):
+            found.append(relative)
+    return found
