@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from websockify import __version__  # noqa: E402
-from websockify.cli import USAGE, build_parser  # noqa: E402
+from websockify import __version__
+from websockify.cli import USAGE, build_parser
 
 SECTIONS = {
     "WRAPPING A PROGRAM": """

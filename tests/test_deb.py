@@ -16,6 +16,8 @@ import argparse
 import gzip
 import json
 import os
+import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -148,6 +150,20 @@ def render_man_page(page: Path) -> str:
     return result.stdout
 
 
+def test_systemd_templates_verify(deb: Path, tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    units = tmp_path / "lib/systemd/system"
+    for kind in ("service", "socket"):
+        (units / f"websockify@6080.{kind}").symlink_to(f"websockify@.{kind}")
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", str(units / "websockify@6080.socket"),
+         str(units / "websockify@6080.service")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr
+    service = (units / "websockify@.service").read_text()
+    assert "StandardInput=socket" in service and "--inetd" in service
+    assert "EnvironmentFile=/etc/websockify/%I.conf" in service
+
+
 # --- install, run, remove and purge in a throwaway root ---------------------------------
 
 @pytest.fixture
@@ -220,6 +236,8 @@ def test_deb_installs_serves_novnc_and_removes_cleanly(
                 process.terminate()
                 process.wait(30)
 
+    assert_socket_unit_serves(root, tmp_path)
+
     root.run("apt-get remove -y websockify", timeout=300)
     assert status_of(root, "websockify") == "deinstall ok config-files"
     left = [p for p, line in files.items()
@@ -246,3 +264,46 @@ def leftovers(upper: Path) -> list[str]:
         if not relative.startswith("/var/log/"):
             found.append(relative)
     return found
+
+
+#: What systemd does for websockify@6080.socket + .service: the listening socket as
+#: standard input, then the unit's ExecStart (argv given after -c's code).
+SOCKET_AS_STDIN = """
+import os, socket, sys
+listener = socket.create_server(("0.0.0.0", 6080))
+os.dup2(listener.fileno(), 0)
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+GREETING = """
+from tests.support import open_websocket, read_server_frame
+sock, head = open_websocket(6080)
+print(read_server_frame(sock)[2].decode())
+"""
+
+
+def assert_socket_unit_serves(root: ThrowawayRoot, tmp_path: Path) -> None:
+    """The unit's ExecStart with the packaged /etc/websockify/6080.conf, given the
+    listening socket as systemd gives it, relays to a VNC server on 5900."""
+    unit = root.path("/lib/systemd/system/websockify@.service").read_text()
+    (exec_start,) = re.findall(r"^ExecStart=(.+)$", unit, re.MULTILINE)
+    args = root.run(". /etc/websockify/6080.conf && printf %s \"$WEBSOCKIFY_ARGS\"").stdout
+    argv = shlex.split(exec_start.replace("$WEBSOCKIFY_ARGS", args))
+    log = tmp_path / "unit.log"
+    with open(log, "wb") as out:
+        vnc = subprocess.Popen(root.command("exec Xtigervnc :0 -SecurityTypes None"),
+                               stdout=out, stderr=subprocess.STDOUT)
+        launch = f"exec python3 -c {shlex.quote(SOCKET_AS_STDIN)} {shlex.join(argv)}"
+        service = subprocess.Popen(root.command(f"echo $$ > /tmp/unit.pid && {launch}"),
+                                   stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: "port 5900" in log.read_text(errors="replace")
+                   and LISTENING.search(log.read_text(errors="replace")), "the unit to listen")
+        assert root.run_python_here(GREETING).startswith("RFB 003.0")
+        root.run("kill -TERM $(cat /tmp/unit.pid)")
+        assert service.wait(30) == 0, log.read_text()
+    finally:
+        for process in (service, vnc):
+            if process.poll() is None:
+                process.terminate()
+                process.wait(30)
