@@ -17,7 +17,7 @@ PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean
 
-test: system-packages venv rebind lint typecheck pytest
+test: system-packages venv rebind lint typecheck pytest test-debian-python
 
 venv: $(STAMP)
 
@@ -50,4 +50,4 @@ bench: venv rebind
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so
+	rm -rf $(VENV) $(DEBIAN_VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so

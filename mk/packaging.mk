@@ -22,7 +22,7 @@ DEB_SOURCE_FILES := setup.py pyproject.toml MANIFEST.in README.md websockify reb
 PACKAGING_APT_PACKAGES := dpkg-dev debhelper dh-python fakeroot lintian python3-all \
 	python3-setuptools python3-gevent python3-gevent-websocket python3-numpy
 
-.PHONY: deb deb-check man
+.PHONY: deb deb-check man test-debian-python
 
 deb:
 	@$(MAKE) --no-print-directory system-packages \
@@ -46,5 +46,29 @@ deb-check: system-packages venv
 
 man:
 	$(PYTHON) scripts/manpage.py > websockify.1
+
+# The package runs on Debian 12's own Python 3.11, gevent 22.10 and numpy 1.24, not on
+# PyPI's newest: the tests of what they drive (relay, codecs and masking, server,
+# launcher) run on them too, in a venv over the system's packages, from the tree.
+# `make test-debian-python DEBIAN_PYTHON_TESTS=tests` runs the whole suite there.
+DEBIAN_VENV := .venv-debian
+DEBIAN_PYTHON_TESTS := tests/test_masking.py tests/test_hybi.py tests/test_fuzz_hybi.py \
+	tests/test_bridge_relay.py tests/test_bridge_protocol.py tests/test_bridge_http.py \
+	tests/test_hixie_server.py tests/test_launcher.py
+# Only the test tools: gevent, gevent-websocket and numpy must stay Debian's.
+DEBIAN_VENV_PIP_PACKAGES := pytest pytest-timeout hypothesis 'websockets>=12'
+
+$(DEBIAN_VENV)/.installed: mk/packaging.mk
+	test -x $(DEBIAN_VENV)/bin/python || /usr/bin/python3 -m venv --system-site-packages $(DEBIAN_VENV)
+	$(DEBIAN_VENV)/bin/python -m pip install --quiet --disable-pip-version-check \
+		$(DEBIAN_VENV_PIP_PACKAGES)
+	touch $@
+
+test-debian-python: system-packages $(DEBIAN_VENV)/.installed rebind
+	$(DEBIAN_VENV)/bin/python -c 'import gevent, numpy, geventwebsocket as w; \
+		assert all(m.__file__.startswith("/usr/lib/python3/dist-packages/") \
+		for m in (gevent, numpy, w)), "not Debian'"'"'s packages"; \
+		print("Debian 12: gevent", gevent.__version__, "numpy", numpy.__version__)'
+	$(DEBIAN_VENV)/bin/python -m pytest -q -p no:cacheprovider $(DEBIAN_PYTHON_TESTS)
 
 .DEFAULT_GOAL := $(_packaging_default_goal)
