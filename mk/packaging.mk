@@ -22,7 +22,7 @@ DEB_SOURCE_FILES := setup.py pyproject.toml MANIFEST.in README.md websockify reb
 PACKAGING_APT_PACKAGES := dpkg-dev debhelper dh-python fakeroot lintian python3-all \
 	python3-setuptools python3-gevent python3-gevent-websocket python3-numpy
 
-.PHONY: deb deb-check man test-debian-python
+.PHONY: dist deb deb-check man test-debian-python
 
 deb:
 	@$(MAKE) --no-print-directory system-packages \
@@ -41,6 +41,10 @@ deb:
 
 # The package's own tests alone (make test runs them too): build, inspect, lintian,
 # and install/run/remove/purge in a throwaway root.
+# The wheel and the sdist, as a release builds them.
+dist: venv
+	$(PY) -m build --outdir $(DIST_DIR)
+
 deb-check: system-packages venv
 	$(PY) -m pytest -q tests/test_deb.py
 

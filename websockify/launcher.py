@@ -279,6 +279,7 @@ class WrappedProgram:
         env["LD_PRELOAD"] = f"{self.rebind}:{preload}" if preload else str(self.rebind)
         env[PORTS_ENV] = self._ports
         env[REPORT_ENV] = str(self._report_path())
+        env.pop("WEBSOCKIFY_REBIND_TO", None)  # the rebind command's fixed port, not ours
         return env
 
     def _spawn(self) -> None:
