@@ -164,6 +164,15 @@ def test_systemd_templates_verify(deb: Path, tmp_path: Path) -> None:
     assert "EnvironmentFile=/etc/websockify/%I.conf" in service
 
 
+@pytest.mark.parametrize("args", [["5901", "5911"], ["0", "5911", "true"],
+                                  ["5901", "65536", "true"], ["59o1", "5911", "true"]])
+def test_rebind_command_refuses_a_wrong_command_line(args: list[str]) -> None:
+    result = subprocess.run([str(REPO / "rebind" / "rebind"), *args], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert result.stderr.startswith(("usage: rebind", "rebind: invalid"))
+
+
 # --- install, run, remove and purge in a throwaway root ---------------------------------
 
 @pytest.fixture
