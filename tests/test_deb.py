@@ -86,11 +86,12 @@ def test_deb_contents(deb: Path) -> None:
                  "/usr/share/man/man1/websockify.1.gz", "/usr/share/man/man1/rebind.1.gz",
                  "/lib/systemd/system/websockify@.service",
                  "/lib/systemd/system/websockify@.socket", CONFFILE,
-                 "/usr/share/doc/websockify/README.md.gz",
                  "/usr/share/doc/websockify/copyright",
                  "/usr/lib/python3/dist-packages/websockify/__init__.py",
                  "/usr/lib/python3/dist-packages/websockify/protocol/hybi.py"):
         assert path in files, path
+    docs = {Path(p).name.removesuffix(".gz") for p in files if p.startswith("/usr/share/doc/")}
+    assert {"README.md", "rebind.md", "copyright", "changelog"} <= docs
     assert files[SHIM].startswith("-rw-r--r--")
     assert files["/usr/bin/rebind"].startswith("-rwxr-xr-x")
     link = files["/usr/lib/python3/dist-packages/websockify/rebind.so"]
@@ -184,18 +185,33 @@ def root(tmp_path: Path) -> Iterator[ThrowawayRoot]:
         throwaway.close()
 
 
+#: A client in the root's network: noVNC's page, then what noVNC does first over the
+#: WebSocket (RFB 3.8 handshake, security None, up to the server's framebuffer size),
+#: then the port the rebind command moved.
 CLIENT = """
-import json, socket
-from tests.support import open_websocket, read_server_frame
+import json, socket, struct
+from tests.support import client_frame, open_websocket, read_server_frame
 http = socket.create_connection(("127.0.0.1", 6080), timeout=10)
 http.sendall(b"GET /vnc.html HTTP/1.0\\r\\n\\r\\n")
 status = http.recv(64).split(b"\\r\\n")[0].decode()
 sock, head = open_websocket(6080)
-greeting = read_server_frame(sock)[2].decode()
+received = bytearray()
+def read(n):
+    while len(received) < n:
+        received.extend(read_server_frame(sock)[2])
+    data = bytes(received[:n]); del received[:n]; return data
+greeting = read(12).decode()
+sock.sendall(client_frame(0x2, b"RFB 003.008\\n"))
+offered = read(read(1)[0])
+sock.sendall(client_frame(0x2, b"\\x01"))
+security = struct.unpack("!I", read(4))[0]
+sock.sendall(client_frame(0x2, b"\\x01"))
+width, height = struct.unpack("!HH", read(4))
 echo = socket.create_connection(("127.0.0.1", 5911), timeout=10)
 echo.sendall(b"moved")
 print(json.dumps({"page": status, "upgrade": head.split(b"\\r\\n")[0].decode(),
-                  "greeting": greeting, "echo": echo.recv(64).decode()}))
+                  "greeting": greeting, "offered": list(offered), "security": security,
+                  "size": [width, height], "echo": echo.recv(64).decode()}))
 """
 
 
@@ -236,6 +252,8 @@ def test_deb_installs_serves_novnc_and_removes_cleanly(
         assert seen["page"] == "HTTP/1.1 200 OK", seen
         assert seen["upgrade"] == "HTTP/1.1 101 Switching Protocols", seen
         assert seen["greeting"].startswith("RFB 003.0"), seen
+        assert 1 in seen["offered"] and seen["security"] == 0, seen
+        assert seen["size"] == [320, 240], seen
         assert seen["echo"] == "moved", seen
         root.run("kill -TERM $(cat /tmp/websockify.pid)")
         assert server.wait(30) == 0, log.read_text()
