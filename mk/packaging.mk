@@ -6,12 +6,13 @@
 # Included by the Makefile; it leaves the including Makefile's default goal alone.
 _packaging_default_goal := $(.DEFAULT_GOAL)
 
-# The one version string is websockify/__init__.py's.
-VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"$$/\1/p' websockify/__init__.py)
+# The one version string is websockify/__init__.py's, as setup.py reads it.
+# (computed once, and only by the targets that use it)
+VERSION = $(eval VERSION := $(shell $(PYTHON) setup.py --version 2>/dev/null))$(VERSION)
 DEB_ARCH = $(shell dpkg --print-architecture)
 DEB_BUILD_DIR := build/deb
 DIST_DIR := dist
-DEB_SOURCE_DIR := $(DEB_BUILD_DIR)/websockify-$(VERSION)
+DEB_SOURCE_DIR = $(DEB_BUILD_DIR)/websockify-$(VERSION)
 DEB_MAINTAINER := websockify developers <websockify@example.org>
 # What the source package is made of (the rest of the tree is development-only).
 DEB_SOURCE_FILES := setup.py pyproject.toml MANIFEST.in README.md websockify rebind \
@@ -27,6 +28,7 @@ PACKAGING_APT_PACKAGES := dpkg-dev debhelper dh-python fakeroot lintian python3-
 deb:
 	@$(MAKE) --no-print-directory system-packages \
 		APT_PACKAGES="gcc libc6-dev $(PACKAGING_APT_PACKAGES)"
+	$(if $(VERSION),,$(error setup.py --version gave no version))
 	rm -rf $(DEB_BUILD_DIR)
 	mkdir -p $(DEB_SOURCE_DIR) $(DIST_DIR)
 	tar -c --exclude='*.so' --exclude=__pycache__ --exclude='*.egg-info' \
