@@ -215,6 +215,25 @@ print(json.dumps({"page": status, "upgrade": head.split(b"\\r\\n")[0].decode(),
 """
 
 
+#: Dependencies whose installation by apt the round trip checks.
+DEPENDENCIES = ("python3-gevent", "python3-gevent-websocket")
+
+
+def remove_cached_dependencies(root: ThrowawayRoot) -> list[str]:
+    """Remove DEPENDENCIES from the root when apt's cache holds their packages, so
+    that installing the .deb must pull them (the root has no network); returns them.
+
+    On a machine whose cache was cleaned they stay installed and the install
+    resolves them as present."""
+    archives = root.path("/var/cache/apt/archives")
+    for package in DEPENDENCIES:
+        version = root.run(f"dpkg-query -W -f='${{Version}}' {package}").stdout
+        if not list(archives.glob(f"{package}_{version.replace(':', '%3a')}_*.deb")):
+            return []
+    root.run(f"apt-get remove -y {' '.join(DEPENDENCIES)}", timeout=300)
+    return list(DEPENDENCIES)
+
+
 def status_of(root: ThrowawayRoot, package: str) -> str:
     return root.run(f"dpkg-query -W -f='${{Status}}' {package} 2>/dev/null || true").stdout
 
@@ -225,7 +244,10 @@ def test_deb_installs_serves_novnc_and_removes_cleanly(
     shutil.copy(deb, root.path(f"/tmp/{deb.name}"))
     # man-db's trigger would rebuild the whole index: not what is tested here.
     root.run("rm -f /var/lib/man-db/auto-update")
+    pulled = remove_cached_dependencies(root)
     installed = root.run(f"apt-get install -y /tmp/{deb.name}", timeout=300).stdout
+    new = re.search(r"NEW packages will be installed:\n((?: .*\n)+)", installed)
+    assert set(pulled) <= set(new.group(1).split() if new else []), installed
     assert status_of(root, "websockify") == "install ok installed"
     assert not status_of(root, "python3-websockify").endswith(" installed"), installed
     assert root.run("websockify --version").stdout.strip() == f"websockify {__version__}"
