@@ -102,6 +102,14 @@ def test_deb_contents(deb: Path) -> None:
     assert not [p for p in files if p.startswith("/usr/lib/python3/dist-packages/tests")]
 
 
+def test_deb_shim_is_built_with_debians_hardening_flags(deb: Path, tmp_path: Path) -> None:
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    shim = str(tmp_path / SHIM.lstrip("/"))
+    headers = subprocess.run(["readelf", "-lWd", shim], capture_output=True, text=True,
+                             check=True).stdout
+    assert "GNU_RELRO" in headers and "BIND_NOW" in headers, headers
+
+
 def test_deb_maintainer_scripts_compile_python_and_enable_nothing(
         deb: Path, tmp_path: Path) -> None:
     subprocess.run(["dpkg-deb", "-e", str(deb), str(tmp_path / "control")], check=True)
