@@ -29,7 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher_support import build_rebind, echo_server, wait_until, ws_roundtrip
+from tests.bridge_support import wait_until
+from tests.launcher_support import build_rebind, echo_server, ws_roundtrip
 from tests.support import REPO, TIMEOUT, TcpServer, Websockify
 from websockify import __version__
 
