@@ -92,8 +92,9 @@ class Websockify:
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
                  wait_listening: bool = True, stdin: object = None,
-                 command: list[str] | None = None, cwd: Path = REPO) -> None:
-        """``command``: how websockify is started (default: this tree's, ``python -m``)."""
+                 program: list[str] | None = None, cwd: Path = REPO) -> None:
+        """``program`` replaces ``python -m websockify`` (e.g. an installed websockify,
+        run from ``cwd`` outside the tree)."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -102,7 +103,7 @@ class Websockify:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [*(command or [sys.executable, "-m", "websockify"]), *args],
+            [*(program or [sys.executable, "-m", "websockify"]), *args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
             cwd=cwd, env=full_env,
         )

@@ -92,7 +92,7 @@ def assert_both_commands_relay(bin_dir: Path, tmp_path: Path, target: TcpServer)
     commands = ([str(bin_dir / "websockify")], [str(bin_dir / "python"), "-m", "websockify"])
     for number, command in enumerate(commands):
         server = Websockify(["127.0.0.1:0", f"127.0.0.1:{target.port}"],
-                            tmp_path / f"relay-{number}.log", command=command, cwd=elsewhere)
+                            tmp_path / f"relay-{number}.log", program=command, cwd=elsewhere)
         try:
             assert ws_roundtrip(server.port, b"installed") == b"installed"
         finally:
@@ -102,7 +102,7 @@ def assert_both_commands_relay(bin_dir: Path, tmp_path: Path, target: TcpServer)
 def assert_wrap_mode_works(bin_dir: Path, tmp_path: Path, *options: str) -> None:
     """The installed websockify wraps a program that listens on its own fixed port."""
     server = Websockify(["127.0.0.1:0", *options, "--", *echo_server("--port", "5901")],
-                        tmp_path / "wrap.log", command=[str(bin_dir / "websockify")],
+                        tmp_path / "wrap.log", program=[str(bin_dir / "websockify")],
                         cwd=tmp_path, env={"WEBSOCKIFY_REBIND": ""})
     try:
         assert ws_roundtrip(server.port, b"wrapped") == b"wrapped"
