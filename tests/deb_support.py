@@ -98,12 +98,12 @@ class ThrowawayRoot:
             assert result.returncode == 0, f"{script}\n-> {result.returncode}\n{result.stdout}"
         return result
 
-    def run_python_here(self, code: str) -> str:
-        """Run ``code`` with this test's Python, not chrooted, in the root's network
-        (to be a client of a server in there); returns its stdout."""
+    def run_python_here(self, code: str, *args: str) -> str:
+        """Run ``code`` (with ``args``) with this test's Python, not chrooted, in the
+        root's network (to be a client of a server in there); returns its stdout."""
         result = subprocess.run(
-            [*self._enter("-n"), sys.executable, "-c", code], cwd=REPO, capture_output=True,
-            text=True, timeout=TIMEOUT * 3)
+            [*self._enter("-n"), sys.executable, "-c", code, *args], cwd=REPO,
+            capture_output=True, text=True, timeout=TIMEOUT * 6)
         assert result.returncode == 0, result.stdout + result.stderr
         return result.stdout
 

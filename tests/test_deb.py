@@ -7,7 +7,8 @@
   namespaces of its own, see tests/deb_support.py) with apt, as a user would: from
   that install ``websockify --web /usr/share/novnc 6080 -- Xtigervnc :1`` serves
   noVNC's page and the VNC server's greeting, ``rebind`` moves a port, ``apt
-  remove`` leaves only the configuration and ``apt purge`` nothing at all.
+  remove`` leaves only the configuration and ``apt purge`` nothing at all; noVNC
+  in headless Chromium shows the X server's screen through that install.
 """
 
 from __future__ import annotations
@@ -242,6 +243,37 @@ def remove_cached_dependencies(root: ThrowawayRoot) -> list[str]:
     return list(DEPENDENCIES)
 
 
+#: noVNC in headless Chromium (as tests/test_vnc_browser.py drives it), in the root's
+#: network: it connects to websockify on 6080 and prints the centre pixel of its canvas
+#: once the X root window's colour (argv[1], "#rrggbb") shows there.
+BROWSER = """
+import json, shutil, sys, tempfile, time
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from tests.test_vnc_browser import CHROMIUM_FLAGS, READ_CANVAS
+from tests.support import TIMEOUT
+want = [320, 240, *bytes.fromhex(sys.argv[1].lstrip("#"))]
+options = webdriver.ChromeOptions()
+options.binary_location = shutil.which("chromium")
+profile = tempfile.mkdtemp()
+for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
+    options.add_argument(flag)
+driver = webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+try:
+    driver.set_page_load_timeout(TIMEOUT)
+    driver.get("http://127.0.0.1:6080/vnc.html?autoconnect=1&resize=off")
+    deadline = time.monotonic() + 2 * TIMEOUT
+    seen = driver.execute_script(READ_CANVAS)
+    while seen != want and time.monotonic() < deadline:
+        time.sleep(0.1)
+        seen = driver.execute_script(READ_CANVAS)
+    print(json.dumps(seen))
+finally:
+    driver.quit()
+    shutil.rmtree(profile, ignore_errors=True)
+"""
+
+
 def status_of(root: ThrowawayRoot, package: str) -> str:
     return root.run(f"dpkg-query -W -f='${{Status}}' {package} 2>/dev/null || true").stdout
 
@@ -285,6 +317,9 @@ def test_deb_installs_serves_novnc_and_removes_cleanly(
         assert 1 in seen["offered"] and seen["security"] == 0, seen
         assert seen["size"] == [320, 240], seen
         assert seen["echo"] == "moved", seen
+        root.run("xsetroot -display :1 -solid '#ff8000'")
+        canvas = json.loads(root.run_python_here(BROWSER, "#ff8000"))
+        assert canvas == [320, 240, 0xff, 0x80, 0x00], canvas
         root.run("kill -TERM $(cat /tmp/websockify.pid)")
         assert server.wait(30) == 0, log.read_text()
     finally:
