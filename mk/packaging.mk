@@ -23,11 +23,14 @@ DEB_SOURCE_FILES := setup.py pyproject.toml MANIFEST.in README.md websockify reb
 PACKAGING_APT_PACKAGES := dpkg-dev debhelper dh-python fakeroot lintian python3-all \
 	python3-setuptools python3-gevent python3-gevent-websocket python3-numpy
 
-.PHONY: dist deb deb-check man test-debian-python
+.PHONY: dist deb deb-build-packages deb-check man test-debian-python
 
-deb:
+# Before the recipe, which setup.py --version (VERSION) needs on a fresh machine.
+deb-build-packages:
 	@$(MAKE) --no-print-directory system-packages \
 		APT_PACKAGES="gcc libc6-dev $(PACKAGING_APT_PACKAGES)"
+
+deb: deb-build-packages
 	$(if $(VERSION),,$(error setup.py --version gave no version))
 	rm -rf $(DEB_BUILD_DIR)
 	mkdir -p $(DEB_SOURCE_DIR) $(DIST_DIR)
@@ -41,12 +44,12 @@ deb:
 	cp $(DEB_BUILD_DIR)/websockify_$(VERSION)_$(DEB_ARCH).deb $(DIST_DIR)/
 	@echo "built $(DIST_DIR)/websockify_$(VERSION)_$(DEB_ARCH).deb"
 
-# The package's own tests alone (make test runs them too): build, inspect, lintian,
-# and install/run/remove/purge in a throwaway root.
 # The wheel and the sdist, as a release builds them.
 dist: venv
 	$(PY) -m build --outdir $(DIST_DIR)
 
+# The package's own tests alone (make test runs them too): build, inspect, lintian,
+# and install/run/remove/purge in a throwaway root.
 deb-check: system-packages venv
 	$(PY) -m pytest -q tests/test_deb.py
 
