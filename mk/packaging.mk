@@ -21,7 +21,7 @@ DEB_SOURCE_FILES := setup.py pyproject.toml MANIFEST.in README.md websockify reb
 # Building the .deb and checking it (lintian); Debian 12's gevent, gevent-websocket
 # and numpy, which the package depends on, also run the suite (test-debian-python).
 PACKAGING_APT_PACKAGES := dpkg-dev debhelper dh-python fakeroot lintian python3-all \
-	python3-setuptools python3-gevent python3-gevent-websocket python3-numpy
+	python3-setuptools python3-venv python3-gevent python3-gevent-websocket python3-numpy
 
 .PHONY: dist deb deb-build-packages deb-check man test-debian-python
 
