@@ -11,13 +11,15 @@ STAMP := $(VENV)/.installed
 -include mk/launcher.mk
 # Upstream's Python API: upstream's and nova's tests (upstream-test, nova-test).
 -include mk/library.mk
+# The wheel, the sdist and the Debian package: make deb, make deb-check.
+-include mk/packaging.mk
 
-APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES)
+APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES) $(PACKAGING_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES) $(LIBRARY_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean
 
-test: system-packages venv rebind lint typecheck pytest upstream-test nova-test
+test: system-packages venv rebind lint typecheck pytest upstream-test nova-test test-debian-python
 
 venv: $(STAMP)
 
@@ -50,4 +52,4 @@ bench: venv rebind
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) $(NOVA_VENV) .cache build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so
+	rm -rf $(VENV) $(NOVA_VENV) $(DEBIAN_VENV) .cache build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis websockify/rebind.so

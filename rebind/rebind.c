@@ -9,6 +9,8 @@
  *   WEBSOCKIFY_REBIND_REPORT  the file the shim appends one line to for every
  *                             moved socket that starts listening:
  *                             "<pid> <original port> <host> <loopback port>\n"
+ *   WEBSOCKIFY_REBIND_TO      optional: the loopback port moved binds go to
+ *                             instead of a free one (the `rebind` command's NEW_PORT).
  *
  * A moved bind() goes to 127.0.0.1:0 (IPv4) or [::1]:0 (IPv6): the kernel picks
  * a free port, so nothing is guessed and the program cannot collide with
@@ -58,6 +60,8 @@ static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 static bind_fn real_bind;
 static listen_fn real_listen;
 static const char *report_path;
+/* Loopback port moved binds go to (network order); 0: a free one. */
+static unsigned short moved_to;
 static int move_every_port;
 static unsigned short ports[MAX_PORTS];
 static size_t port_count;
@@ -88,6 +92,8 @@ static void init(void)
     real_bind = (bind_fn)dlsym(RTLD_NEXT, "bind");
     real_listen = (listen_fn)dlsym(RTLD_NEXT, "listen");
     report_path = getenv("WEBSOCKIFY_REBIND_REPORT");
+    if (getenv("WEBSOCKIFY_REBIND_TO") != NULL)
+        moved_to = htons((unsigned short)strtoul(getenv("WEBSOCKIFY_REBIND_TO"), NULL, 10));
     if (spec != NULL)
         parse_ports(spec);
     DEBUG("ports=%s report=%s\n", spec ? spec : "(none)", report_path ? report_path : "(none)");
@@ -238,11 +244,13 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         memset(&v4, 0, sizeof(v4));
         v4.sin_family = AF_INET;
         v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        v4.sin_port = moved_to;
         result = real_bind(fd, (const struct sockaddr *)&v4, sizeof(v4));
     } else {
         memset(&v6, 0, sizeof(v6));
         v6.sin6_family = AF_INET6;
         v6.sin6_addr = in6addr_loopback;
+        v6.sin6_port = moved_to;
         result = real_bind(fd, (const struct sockaddr *)&v6, sizeof(v6));
     }
     if (result != 0)

@@ -91,7 +91,10 @@ class Websockify:
     """
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
-                 wait_listening: bool = True, stdin: object = None) -> None:
+                 wait_listening: bool = True, stdin: object = None,
+                 program: list[str] | None = None, cwd: Path = REPO) -> None:
+        """``program`` replaces ``python -m websockify`` (e.g. an installed websockify,
+        run from ``cwd`` outside the tree)."""
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -100,9 +103,9 @@ class Websockify:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "websockify", *args],
+            [*(program or [sys.executable, "-m", "websockify"]), *args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
-            cwd=REPO, env=full_env,
+            cwd=cwd, env=full_env,
         )
         self.port = 0
         if wait_listening:

@@ -86,7 +86,8 @@ def find_rebind(explicit: str | None) -> Path:
     """The rebind.so to preload: ``explicit``, else $WEBSOCKIFY_REBIND, else the packaged one.
 
     The packaged path is the same for an installed wheel (``pip install .`` builds it)
-    and for a source tree (``make rebind`` builds it there).
+    and for a source tree (``make rebind`` builds it there); in the Debian package it
+    is a link to /usr/lib/websockify/rebind.so.
     """
     if explicit:
         candidate, source = Path(explicit), "--rebind"
@@ -94,6 +95,11 @@ def find_rebind(explicit: str | None) -> Path:
         candidate, source = Path(os.environ[REBIND_ENV]), f"${REBIND_ENV}"
     else:
         candidate, source = PACKAGED_REBIND, "the websockify package"
+    if candidate == PACKAGED_REBIND and not candidate.is_file():
+        raise LauncherError(
+            f"the rebind.so shim is missing ({candidate}): this websockify was installed "
+            "without a C compiler. Install one (apt install gcc libc6-dev) and reinstall "
+            "websockify, or run `make rebind` in a source tree, or give --rebind FILE")
     if not candidate.is_file():
         raise LauncherError(
             f"rebind.so not found at {candidate} (from {source}); build it with "
@@ -273,6 +279,7 @@ class WrappedProgram:
         env["LD_PRELOAD"] = f"{self.rebind}:{preload}" if preload else str(self.rebind)
         env[PORTS_ENV] = self._ports
         env[REPORT_ENV] = str(self._report_path())
+        env.pop("WEBSOCKIFY_REBIND_TO", None)  # the rebind command's fixed port, not ours
         return env
 
     def _spawn(self) -> None:
