@@ -1,0 +1,267 @@
+"""TLS for the built-in server (``wss://``) and to the target (``--ssl-target``).
+
+Clients speak TLS or plain HTTP on the same port, as with upstream: the first
+byte a client sends tells them apart (0x16 opens a TLS handshake record, 0x80 an
+SSLv2-style hello).  That byte is peeked, not read, in the client's own greenlet
+and under the handshake timeout, so a client that stalls or fails its TLS
+handshake never holds up anyone else.
+
+:class:`ServerTls` owns the certificate.  It builds a new ``SSLContext`` when the
+certificate, key or CA file change on disk (checked at each TLS connection: a few
+``stat`` calls against a handshake that costs a thousand times more) and on
+SIGHUP.  A connection keeps the context it was accepted with, so replacing the
+certificate (a Let's Encrypt renewal) drops no one; a broken replacement is
+logged and the previous certificate stays in use.
+
+:class:`TlsSocket` is gevent's SSL socket made to look, to the relay, like a plain
+non-blocking socket: "no record yet" is ``BlockingIOError``, ``sendmsg`` joins its
+pieces (TLS cannot scatter-gather), and a read drains every whole record already
+received so that no decrypted byte sits unseen in OpenSSL's buffer while the
+relay waits for the kernel to say "readable".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import ssl
+from collections.abc import Iterable
+from typing import Any
+
+import gevent
+from gevent import socket
+from gevent import ssl as gevent_ssl
+
+from websockify.errors import ConfigError
+from websockify.settings import TargetTlsSettings, TlsSettings
+
+logger = logging.getLogger(__name__)
+
+#: The first byte of a TLS ClientHello record, and of an SSLv2-compatible hello.
+TLS_FIRST_BYTES = frozenset((0x16, 0x80))
+#: The largest plaintext a TLS record carries (RFC 8446 5.1).
+MAX_RECORD = 16384
+#: What a plain client gets from a --ssl-only server before it is hung up on.
+_PLAIN_REFUSED_BODY = b"This server only speaks TLS: use https:// or wss://.\n"
+PLAIN_REFUSED = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(_PLAIN_REFUSED_BODY)
+) + _PLAIN_REFUSED_BODY
+
+_MIN_VERSIONS = {
+    "default": None,
+    "tlsv1_1": ssl.TLSVersion.TLSv1_1,
+    "tlsv1_2": ssl.TLSVersion.TLSv1_2,
+    "tlsv1_3": ssl.TLSVersion.TLSv1_3,
+}
+
+_WOULD_BLOCK = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
+class TlsSocket(gevent_ssl.SSLSocket):
+    """An SSL socket the relay can drive like a plain non-blocking socket."""
+
+    def recv_into(self, buffer: Any, nbytes: int | None = None, flags: int = 0) -> int:
+        if self.timeout != 0.0 or not self._sslobj:
+            return int(super().recv_into(buffer, nbytes, flags))
+        view = memoryview(buffer).cast("B")
+        if nbytes:
+            view = view[:nbytes]
+        try:
+            total = got = int(super().recv_into(view))
+        except _WOULD_BLOCK:
+            raise BlockingIOError("no complete TLS record yet") from None
+        # One SSL_read yields at most one record.  Read on while a whole record
+        # still fits, so that nothing decrypted is left behind in OpenSSL.
+        while got and len(view) - total >= MAX_RECORD:
+            try:
+                got = int(super().recv_into(view[total:]))
+            except (*_WOULD_BLOCK, OSError):
+                break  # an error is seen again (or as EOF) at the next read
+            total += got
+        return total
+
+    def sendmsg(self, buffers: Iterable[Any], *args: Any, **kwargs: Any) -> int:
+        """TLS cannot gather: the pieces go out joined, as one write.
+
+        A write that would block returns 0 with part of the data taken into
+        OpenSSL; the relay retries with the same pieces (and possibly more after
+        them), which is the retry OpenSSL requires.
+        """
+        if args or kwargs:
+            raise ValueError("ancillary data cannot be sent over TLS")
+        return int(self.send(b"".join(buffers)))
+
+
+class _Context(gevent_ssl.SSLContext):
+    """gevent's SSLContext, wrapping sockets as TlsSocket (both to clients and targets)."""
+
+    sslsocket_class = TlsSocket
+
+
+class ServerTls:
+    """The server's certificate, reloaded when its files change or on SIGHUP."""
+
+    def __init__(self, settings: TlsSettings) -> None:
+        self.settings = settings
+        self._signature = self._files_signature()
+        self._context = build_server_context(settings)
+        self._failed_signature: tuple[Any, ...] | None = None
+
+    @property
+    def context(self) -> ssl.SSLContext:
+        return self._context
+
+    def reload(self, why: str) -> bool:
+        """Load the certificate files again; keep the old context if they are broken."""
+        signature = self._files_signature()
+        try:
+            context = build_server_context(self.settings)
+        except ConfigError as error:
+            self._failed_signature = signature
+            logger.error("TLS certificate not reloaded (%s), the previous one stays in use: %s",
+                         why, error)
+            return False
+        self._context = context
+        self._signature = signature
+        self._failed_signature = None
+        logger.info("TLS certificate reloaded (%s) from %s", why, self.settings.cert)
+        return True
+
+    def reload_if_changed(self) -> None:
+        signature = self._files_signature()
+        if signature != self._signature and signature != self._failed_signature:
+            self.reload("its files changed")
+
+    def accept(self, sock: socket.socket, peer: str, timeout: float) -> socket.socket | None:
+        """The client's socket, TLS-wrapped when it opens with a TLS hello.
+
+        Returns None (and closes the socket) when the client sends nothing, fails
+        its handshake, takes longer than ``timeout`` or is plain under --ssl-only.
+        """
+        tls_sock: socket.socket | None = None
+        try:
+            with gevent.Timeout(timeout, TimeoutError(f"no TLS handshake within {timeout:g}s")):
+                first = sock.recv(1, socket.MSG_PEEK)
+                if not first:
+                    sock.close()
+                    return None
+                if first[0] not in TLS_FIRST_BYTES:
+                    if not self.settings.ssl_only:
+                        return sock
+                    logger.info("%s: plain connection refused (--ssl-only)", peer)
+                    _refuse_plain(sock)
+                    return None
+                self.reload_if_changed()
+                tls_sock = self._context.wrap_socket(
+                    sock, server_side=True, do_handshake_on_connect=False)
+                tls_sock.do_handshake()
+                return tls_sock
+        except ssl.SSLError as error:
+            logger.info("%s: TLS handshake failed: %s", peer, error.reason or error)
+        except OSError as error:
+            logger.info("%s: TLS handshake failed: %s", peer, error.strerror or error)
+        (tls_sock or sock).close()
+        return None
+
+    def _files_signature(self) -> tuple[Any, ...]:
+        paths = (self.settings.cert, self.settings.key, self.settings.cafile)
+        return tuple(_file_identity(path) for path in paths if path)
+
+
+def _file_identity(path: str) -> tuple[int, int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
+
+
+def build_server_context(settings: TlsSettings) -> ssl.SSLContext:
+    """An SSLContext for clients; raises ConfigError naming the file and the reason."""
+    context = _Context(ssl.PROTOCOL_TLS_SERVER)
+    minimum = _MIN_VERSIONS[settings.min_version]
+    if minimum is not None:
+        context.minimum_version = minimum
+    if settings.ciphers:
+        try:
+            context.set_ciphers(settings.ciphers)
+        except ssl.SSLError:
+            raise ConfigError(f"--ssl-ciphers {settings.ciphers!r}: no usable cipher") from None
+    what = f"--cert {settings.cert}" + (f" --key {settings.key}" if settings.key else "")
+    try:
+        context.load_cert_chain(settings.cert, settings.key, settings.key_password)
+    except OSError as error:
+        if isinstance(error, ssl.SSLError):
+            reason = error.reason or str(error)
+            if settings.key_password is None and "PASSWORD" in str(reason).upper():
+                reason = f"{reason} (the key is encrypted: give --key-password)"
+            raise ConfigError(f"{what}: cannot load the certificate and key: {reason}") from None
+        raise ConfigError(f"{what}: {error.strerror or error}: "
+                          f"{error.filename or settings.cert}") from None
+    if settings.verify_client:
+        context.verify_mode = ssl.CERT_REQUIRED
+        _load_cas(context, settings.cafile, "--cafile", ssl.Purpose.CLIENT_AUTH)
+    return context
+
+
+def target_context(settings: TargetTlsSettings) -> ssl.SSLContext:
+    """The SSLContext for --ssl-target: verified (system CAs or a CA file) unless told not."""
+    context = _Context(ssl.PROTOCOL_TLS_CLIENT)
+    if settings.verify:
+        _load_cas(context, settings.cafile, "--ssl-target-cafile", ssl.Purpose.SERVER_AUTH)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _load_cas(context: ssl.SSLContext, cafile: str | None, option: str,
+              purpose: ssl.Purpose) -> None:
+    """Trust ``cafile``, or the system's CAs without one."""
+    if not cafile:
+        context.load_default_certs(purpose)
+        return
+    try:
+        context.load_verify_locations(cafile=cafile)
+    except ssl.SSLError as error:
+        raise ConfigError(f"{option} {cafile}: not a PEM file of certificates "
+                          f"({error.reason or error})") from None
+    except OSError as error:
+        raise ConfigError(f"{option} {cafile}: {error.strerror or error}") from None
+
+
+def is_tls(sock: Any) -> bool:
+    return isinstance(sock, ssl.SSLSocket | gevent_ssl.SSLSocket)
+
+
+def peer_common_name(sock: Any) -> str | None:
+    """The commonName of the client certificate that the handshake verified, if any."""
+    if not is_tls(sock):
+        return None
+    with contextlib.suppress(ValueError, OSError):
+        cert = sock.getpeercert()
+        for rdn in (cert or {}).get("subject", ()):
+            for key, value in rdn:
+                if key == "commonName":
+                    return str(value)
+    return None
+
+
+def _refuse_plain(sock: socket.socket) -> None:
+    """Tell a plain client it reached a TLS-only port, then hang up without a reset.
+
+    Its unread request would turn close() into a reset that can destroy the answer,
+    so the socket is drained briefly after the answer is sent.
+    """
+    try:
+        sock.sendall(PLAIN_REFUSED)
+        sock.shutdown(socket.SHUT_WR)
+        with gevent.Timeout(1.0, False):
+            while sock.recv(65536):
+                pass
+    except OSError:
+        pass
+    finally:
+        sock.close()
