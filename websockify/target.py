@@ -33,9 +33,11 @@ def connect(target: Target, timeout: float,
             sock = _connect_socket(stdlib_socket.AF_UNIX, target.path, timeout)
     except TimeoutError as exc:
         raise TargetError(f"target {target} did not accept within {timeout:g}s") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise TargetError(f"TLS to target {target} failed: certificate verify failed: "
+                          f"{exc.verify_message}") from exc
     except ssl.SSLError as exc:
-        reason = getattr(exc, "verify_message", None) or exc.reason or str(exc)
-        raise TargetError(f"TLS to target {target} failed: {reason}") from exc
+        raise TargetError(f"TLS to target {target} failed: {exc.reason or exc}") from exc
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
         raise TargetError(f"cannot reach target {target}: {reason}") from exc

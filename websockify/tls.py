@@ -142,7 +142,7 @@ class ServerTls:
         """
         tls_sock: socket.socket | None = None
         try:
-            with gevent.Timeout(timeout, TimeoutError(f"no TLS handshake within {timeout:g}s")):
+            with gevent.Timeout(timeout, TimeoutError):
                 first = sock.recv(1, socket.MSG_PEEK)
                 if not first:
                     sock.close()
@@ -158,6 +158,9 @@ class ServerTls:
                     sock, server_side=True, do_handshake_on_connect=False)
                 tls_sock.do_handshake()
                 return tls_sock
+        except TimeoutError:
+            logger.info("%s: %s within %gs (--handshake-timeout)", peer,
+                        "no TLS handshake" if tls_sock is not None else "sent nothing", timeout)
         except ssl.SSLError as error:
             logger.info("%s: TLS handshake failed: %s", peer, error.reason or error)
         except OSError as error:
@@ -190,14 +193,22 @@ def build_server_context(settings: TlsSettings) -> ssl.SSLContext:
         except ssl.SSLError:
             raise ConfigError(f"--ssl-ciphers {settings.ciphers!r}: no usable cipher") from None
     what = f"--cert {settings.cert}" + (f" --key {settings.key}" if settings.key else "")
+    asked_for_password: list[bool] = []
+
+    def no_password() -> bytes:
+        # Without --key-password, OpenSSL would prompt on the terminal for one.
+        asked_for_password.append(True)
+        return b""
+
+    password = settings.key_password if settings.key_password is not None else no_password
     try:
-        context.load_cert_chain(settings.cert, settings.key, settings.key_password)
+        context.load_cert_chain(settings.cert, settings.key, password)
     except OSError as error:
+        if asked_for_password:
+            raise ConfigError(f"{what}: the key is encrypted: give --key-password") from None
         if isinstance(error, ssl.SSLError):
-            reason = error.reason or str(error)
-            if settings.key_password is None and "PASSWORD" in str(reason).upper():
-                reason = f"{reason} (the key is encrypted: give --key-password)"
-            raise ConfigError(f"{what}: cannot load the certificate and key: {reason}") from None
+            raise ConfigError(f"{what}: cannot load the certificate and key: "
+                              f"{error.reason or error}") from None
         raise ConfigError(f"{what}: {error.strerror or error}: "
                           f"{error.filename or settings.cert}") from None
     if settings.verify_client:
