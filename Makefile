@@ -12,7 +12,8 @@ STAMP := $(VENV)/.installed
 # Upstream's Python API: upstream's and nova's tests (upstream-test, nova-test).
 -include mk/library.mk
 
-APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES)
+# openssl makes the TLS tests' certificates; redis-server backs the TokenRedis tests.
+APT_PACKAGES := gcc libc6-dev iproute2 openssl redis-server $(LAUNCHER_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES) $(LIBRARY_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean

@@ -90,7 +90,7 @@ class TokenApi:
         api = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 kind, _, token = self.path.lstrip("/").partition("/")
                 token = unquote(token)
                 api.requests.append(token)
