@@ -7,6 +7,7 @@ python-websockets and raw ``ssl`` sockets; the server is a real subprocess.
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
@@ -20,6 +21,8 @@ import pytest
 import websockets
 
 from tests.bridge_support import (
+    OP_BINARY,
+    FrameReader,
     echo_roundtrip,
     http_header,
     http_status,
@@ -29,7 +32,7 @@ from tests.bridge_support import (
     wait_until,
     ws_connect,
 )
-from tests.support import TIMEOUT, TcpServer, read_http_head, websockify
+from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
 from tests.test_hixie_server import HixieClient, frame
 from tests.tls_support import Pki, TlsEchoTarget, der_of, self_signed, served_certificate
 
@@ -61,6 +64,27 @@ def test_wss_and_ws_share_the_port(tmp_path: Path, echo_target: TcpServer, pki: 
         echo_over(server.port, pki.client_context(), b"x" * 300_000)  # many TLS records
         echo_over(server.port, None, b"plain")
         assert "wss:// and ws:// on the same port" in server.log()
+
+
+def test_frame_in_the_handshake_record_is_not_stranded(
+        tmp_path: Path, echo_target: TcpServer, pki: Pki,
+        server_cert: tuple[Path, Path]) -> None:
+    """Upgrade and a 10 kB frame in one TLS record: the HTTP reader takes 8 KiB of it,
+    the rest stays decrypted in OpenSSL, where no "readable" event will announce it."""
+    payload = os.urandom(10_000)
+    with websockify(tmp_path, *tls_args(server_cert), "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as raw, \
+            pki.client_context().wrap_socket(raw, server_hostname="localhost") as tls:
+        request = (f"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {'A' * 22}==\r\n"
+                   "Sec-WebSocket-Version: 13\r\n\r\n").encode()
+        tls.sendall(request + client_frame(OP_BINARY, payload))  # < 16 KiB: one record
+        assert http_status(read_http_head(tls)) == 101
+        reader, echoed = FrameReader(tls), b""
+        while len(echoed) < len(payload):
+            echoed += reader.read_frame()[2]
+        assert echoed == payload
 
 
 def test_hixie_over_tls_says_wss_in_its_location(

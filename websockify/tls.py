@@ -247,6 +247,22 @@ def is_tls(sock: Any) -> bool:
     return isinstance(sock, ssl.SSLSocket | gevent_ssl.SSLSocket)
 
 
+def take_pending(sock: Any) -> bytes:
+    """Plaintext OpenSSL has decrypted but nobody has read yet, without blocking.
+
+    After the HTTP reader is done, part of a TLS record may remain decrypted in
+    OpenSSL: the kernel no longer reports it readable, so the relay must be handed
+    it with the other buffered bytes, or it would wait for it forever.
+    """
+    if not is_tls(sock):
+        return b""
+    chunks = []
+    with contextlib.suppress(OSError, ValueError):
+        while pending := sock.pending():
+            chunks.append(sock.recv(pending))
+    return b"".join(chunks)
+
+
 def peer_common_name(sock: Any) -> str | None:
     """The commonName of the client certificate that the handshake verified, if any."""
     if not is_tls(sock):
