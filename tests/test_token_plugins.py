@@ -28,6 +28,8 @@ from tests.bridge_support import (
 )
 from tests.service_support import redis_server, token_api
 from tests.support import TIMEOUT, TcpServer, echo, websockify
+from tests.test_wsgi_gunicorn import OUR_WORKER, STOCK_WORKER, gunicorn
+from tests.tls_support import Pki
 from websockify.token_plugins import (
     BaseTokenAPI,
     JSONTokenApi,
@@ -381,3 +383,28 @@ def test_fixed_target_unaffected_by_token_in_url(tmp_path: Path,
     with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{targets[0].port}") as server:
         echo_roundtrip(server.port)
         assert greeting_echo(server.port, "/?token=anything") == b"ping"
+
+
+@pytest.mark.parametrize("worker", [OUR_WORKER, STOCK_WORKER])
+def test_tokens_over_tls_under_gunicorn(tmp_path: Path, worker: str,
+                                        targets: tuple[TcpServer, TcpServer]) -> None:
+    """gunicorn terminates TLS (--certfile); the application picks the token's target."""
+    pki = Pki(tmp_path / "pki")
+    cert, key = pki.issue("server")
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"vm: 127.0.0.1:{targets[1].port}\n")
+    args = f"--token-plugin TokenFile --token-source {tokens}"
+    with gunicorn(tmp_path, worker, args, ("--certfile", str(cert), "--keyfile", str(key))) \
+            as server:
+        payload = os.urandom(100_000)
+        with ws_connect(server.port, path="/?token=vm", tls=pki.client_context()) as ws:
+            ws.send(payload)
+            assert recv_bytes(ws, len(payload)) == payload
+        assert len(targets[1].connections) == 1
+        if worker == OUR_WORKER:
+            assert refused_status(server.port, "/?token=nope", tls=pki.client_context()) == 403
+        else:  # gevent-websocket answered 101 before the application could refuse
+            with ws_connect(server.port, path="/?token=nope", tls=pki.client_context()) as ws, \
+                    pytest.raises(websockets.exceptions.ConnectionClosedError):
+                ws.recv()
+            assert ws.close_code == 1008 and ws.close_reason == "unknown token"

@@ -119,7 +119,9 @@ class WebsockifyApp:
         codec = HybiCodec(chosen if chosen in offered else None,
                           self.handshake_options.max_message_size)
         client = ClientConnection(
-            handler.socket, codec, take_buffered_input(handler.rfile, handler.socket),
+            handler.socket, codec,
+            take_buffered_input(handler.rfile, handler.socket)
+            + tls.prepare_for_relay(handler.socket),
             peer_name(handler.client_address), str(environ.get("wsgi.websocket_version")),
         )
         try:

@@ -159,7 +159,7 @@ class UpgradeHandler(WSGIHandler):
             return None
         self.socket.sendall(upgrade.response)
         self._set_logged_status("101 Switching Protocols", len(upgrade.response))
-        leftover = take_buffered_input(self.rfile, self.socket) + tls.take_pending(self.socket)
+        leftover = take_buffered_input(self.rfile, self.socket) + tls.prepare_for_relay(self.socket)
         # At INFO the application's "connected to target" line says this too: one
         # line per connection opened, as formatting and writing each costs.
         logger.debug("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,

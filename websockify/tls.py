@@ -247,15 +247,19 @@ def is_tls(sock: Any) -> bool:
     return isinstance(sock, ssl.SSLSocket | gevent_ssl.SSLSocket)
 
 
-def take_pending(sock: Any) -> bytes:
-    """Plaintext OpenSSL has decrypted but nobody has read yet, without blocking.
+def prepare_for_relay(sock: Any) -> bytes:
+    """Make a client's TLS socket fit for the relay; returns plaintext not yet read.
 
     After the HTTP reader is done, part of a TLS record may remain decrypted in
     OpenSSL: the kernel no longer reports it readable, so the relay must be handed
-    it with the other buffered bytes, or it would wait for it forever.
+    it with the other buffered bytes, or it would wait for it forever.  A socket
+    that gevent wrapped itself (gunicorn's --certfile) becomes a TlsSocket: the
+    same object and state, with the relay-friendly reads and writes.
     """
     if not is_tls(sock):
         return b""
+    if isinstance(sock, gevent_ssl.SSLSocket) and not isinstance(sock, TlsSocket):
+        sock.__class__ = TlsSocket
     chunks = []
     with contextlib.suppress(OSError, ValueError):
         while pending := sock.pending():
