@@ -163,10 +163,10 @@ def test_jwt_signed_encrypted_and_timed(tmp_path: Path, rsa_key: jwk.JWK) -> Non
     outer = jwt.JWT(header={"alg": "RSA-OAEP-256", "enc": "A256GCM"}, claims=inner)
     outer.make_encrypted_token(rsa_key)
     assert JWTTokenApi(str(private)).lookup(outer.serialize()) == ["10.0.0.1", 5901]
-    # A shared secret (HMAC) in the key file.
+    # A shared secret (HMAC) in the key file, written in base64url as upstream reads it.
     secret = tmp_path / "secret"
     shared = b"correct horse battery staple, 32+ bytes for HS256"
-    secret.write_bytes(shared + b"\n")
+    secret.write_text(jwk.base64url_encode(shared) + "\n")
     hmac_key = jwk.JWK(kty="oct", k=jwk.base64url_encode(shared))
     assert JWTTokenApi(str(secret)).lookup(make_jwt(hmac_key, target, "HS256")) == \
         ["10.0.0.1", 5901]

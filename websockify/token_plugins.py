@@ -100,22 +100,24 @@ class ReadOnlyTokenFile(BasePlugin):
 
     def __init__(self, src: str | None) -> None:
         super().__init__(_require_source(src, "a token file or a directory of them"))
-        if not Path(self.source).exists():  # type: ignore[arg-type]
+        self._path = Path(self.source)  # type: ignore[arg-type]
+        if not self._path.exists():
             raise ValueError(f"{self.source}: no such file or directory")
         self._targets: dict[str, list[str]] | None = None
         self._lock = threading.Lock()
 
     def _files(self) -> list[Path]:
-        source = Path(self.source)  # type: ignore[arg-type]
-        if source.is_dir():
-            return sorted(path for path in source.iterdir() if path.is_file())
-        return [source]
+        if self._path.is_dir():
+            # In name order, so that a token defined twice resolves the same way each time.
+            return sorted((path for path in self._path.iterdir() if path.is_file()), key=str)
+        return [self._path]
 
     def _load_targets(self) -> None:
         targets: dict[str, list[str]] = {}
         for path in self._files():
             try:
-                lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+                with path.open(encoding="utf-8", errors="replace") as file:
+                    lines = file.readlines()
             except OSError as error:
                 logger.error("token file %s: %s", path, error.strerror or error)
                 continue
@@ -159,9 +161,8 @@ class TokenFile(ReadOnlyTokenFile):
         self._signature: tuple[Any, ...] | None = None
 
     def _files_signature(self) -> tuple[Any, ...]:
-        source = Path(self.source)  # type: ignore[arg-type]
         entries = []
-        for path in [source, *self._files()]:
+        for path in [self._path, *self._files()]:
             try:
                 st = path.stat()
             except OSError:
@@ -242,9 +243,9 @@ class JWTTokenApi(BasePlugin):
     """The token is a JWT carrying ``host`` and ``port`` claims.
 
     Signed (JWS) or encrypted (JWE, then signed inside) with the key in the
-    ``--token-source`` file: a PEM key (RSA/EC, public for JWS) or a shared
-    secret for HMAC.  ``exp`` and ``nbf`` are enforced.  The key file is read
-    again when it changes.
+    ``--token-source`` file: a PEM key (RSA/EC, public for JWS) or, for HMAC, the
+    shared secret written in base64url (upstream's format).  ``exp`` and ``nbf``
+    are enforced.  The key file is read again when it changes.
     """
 
     def __init__(self, src: str | None) -> None:
@@ -270,15 +271,16 @@ class JWTTokenApi(BasePlugin):
             return self._key
 
     def _load_key(self, data: bytes) -> Any:
+        """A PEM key, or else (as upstream) the file's text as a base64url HMAC secret."""
         jwk = self._jwk
         try:
             return jwk.JWK.from_pem(data)
         except Exception:
             pass
-        secret = data.strip()
+        secret = data.strip().decode("ascii", "replace")
         if not secret:
             raise ValueError(f"JWT key file {self.source} is empty")
-        return jwk.JWK(kty="oct", k=_base64url(secret))
+        return jwk.JWK(kty="oct", k=secret)
 
     def lookup(self, token: str) -> list[Any] | None:
         try:
@@ -329,12 +331,6 @@ def _time_problem(claims: dict[str, Any], now: float) -> str | None:
     if "exp" in claims and now >= claims["exp"]:
         return f"expired at {claims['exp']}"
     return None
-
-
-def _base64url(data: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 class TokenRedis(BasePlugin):
