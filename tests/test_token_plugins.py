@@ -128,8 +128,9 @@ def test_token_apis_over_http() -> None:
         assert answered.lookup("vm 1/x") == ["10.0.0.1", 5901]
         assert answered.lookup("unknown") is None
         assert api.requests == ["vm 1/x", "vm 1/x", "unknown"]  # quoted on the way
-    with pytest.raises(ValueError, match="needs a %s"):
-        JSONTokenApi("http://127.0.0.1/no-placeholder")
+    for wrong in ("http://127.0.0.1/no-placeholder", "http://127.0.0.1/a%20b/%s"):
+        with pytest.raises(ValueError, match="needs one %s"):
+            JSONTokenApi(wrong)
 
 
 @pytest.fixture(scope="module")

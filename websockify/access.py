@@ -22,9 +22,10 @@ other connections, and nothing has to be monkey-patched.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from http import cookies
 from typing import Any, TypeVar
 from urllib.parse import parse_qs
@@ -69,36 +70,22 @@ def load_plugin(spec: PluginSpec, default_module: str, option: str) -> Any:
         raise ConfigError(f"{option} {spec.name}: {error}") from None
 
 
-class PluginHeaders(Mapping[str, str]):
-    """Request headers as auth plugins see them: looked up in any case, ``-`` or ``_``.
+def plugin_headers(environ: Mapping[str, Any]) -> http.client.HTTPMessage:
+    """Request headers as auth plugins see them: upstream's own type, an HTTPMessage.
 
-    Built from a WSGI environ.  Headers whose names start with ``SSL`` come from
-    the server only (the client's are dropped), so a client cannot claim a
-    certificate name.
+    Names are looked up in any case (``-`` and ``_`` are the same in a WSGI
+    environ) and a missing header is None, as plugins written for upstream expect.
+    Headers whose names start with ``SSL`` come from the server only: the client's
+    are dropped, so a client cannot claim a certificate's name.
     """
-
-    def __init__(self, environ: Mapping[str, Any]) -> None:
-        self._headers: dict[str, tuple[str, str]] = {}
-        for key, value in environ.items():
-            if key.startswith("HTTP_") and not key.startswith("HTTP_SSL"):
-                name = key[5:].replace("_", "-").title()
-                self._headers[_fold(name)] = (name, value)
-        common_name = environ.get(CLIENT_CN_KEY)
-        if common_name is not None:
-            self._headers[_fold(CLIENT_CN_KEY)] = (CLIENT_CN_KEY, common_name)
-
-    def __getitem__(self, name: str) -> str:
-        return self._headers[_fold(name)][1]
-
-    def __iter__(self) -> Iterator[str]:
-        return (name for name, _ in self._headers.values())
-
-    def __len__(self) -> int:
-        return len(self._headers)
-
-
-def _fold(name: str) -> str:
-    return name.lower().replace("_", "-")
+    headers = http.client.HTTPMessage()
+    for key, value in environ.items():
+        if key.startswith("HTTP_") and not key.startswith("HTTP_SSL"):
+            headers[key[5:].replace("_", "-").title()] = value
+    common_name = environ.get(CLIENT_CN_KEY)
+    if common_name is not None:
+        headers[CLIENT_CN_KEY] = common_name
+    return headers
 
 
 def token_of(environ: Mapping[str, Any], host_token: bool) -> str | None:
@@ -178,7 +165,7 @@ class Access:
             self._authenticate(environ, target)
 
     def admit_web(self, environ: dict[str, Any]) -> None:
-        """--web-auth: the auth plugin (and --origin) also guard static files."""
+        """--web-auth: the auth plugin also guards static files (--origin does not)."""
         if self._settings.web_auth and self.auth_plugin is not None:
             self._authenticate(environ, self._fixed_target)
 
@@ -216,7 +203,7 @@ class Access:
             host, port = target.host, target.port
         elif isinstance(target, UnixAddress):
             host, port = UNIX_SOCKET, target.path
-        headers = PluginHeaders(environ)
+        headers = plugin_headers(environ)
         try:
             self._call(plugin.authenticate, headers, host, port,
                        what=f"auth plugin {type(plugin).__name__}")

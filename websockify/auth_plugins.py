@@ -5,7 +5,8 @@ Before answering a WebSocket upgrade (and, with ``--web-auth``, before serving a
 file) the server calls ``authenticate(headers, target_host, target_port)``; the
 plugin returns to allow, or raises :class:`AuthenticationError` (or its
 :class:`InvalidOriginError`), whose ``code``, ``headers`` and ``msg`` make the
-HTTP answer.  ``headers`` looks header names up without regard to case.
+HTTP answer.  ``headers`` is an ``http.client.HTTPMessage``, as with upstream: names are looked
+up without regard to case and a missing header is None.
 
 The server puts the verified client certificate's common name in
 ``SSL_CLIENT_S_DN_CN`` (Apache's name), after removing every header whose name
@@ -21,7 +22,12 @@ import base64
 import binascii
 import hmac
 from collections.abc import Mapping
+from email.message import Message
 from typing import Any
+
+#: What ``authenticate`` receives: the server passes an ``http.client.HTTPMessage``
+#: (as upstream does); tests and other callers may pass a plain dict.
+Headers = Message | Mapping[str, str]
 
 
 class BasePlugin:
@@ -30,7 +36,7 @@ class BasePlugin:
     def __init__(self, src: str | None = None) -> None:
         self.source = src
 
-    def authenticate(self, headers: Mapping[str, str], target_host: Any,
+    def authenticate(self, headers: Headers, target_host: Any,
                      target_port: Any) -> None:
         pass
 
@@ -39,7 +45,7 @@ class AuthenticationError(Exception):
     """Refuses the connection with HTTP ``response_code`` and ``response_headers``."""
 
     def __init__(self, log_msg: str | None = None, response_code: int = 403,
-                 response_headers: Mapping[str, str] | None = None,
+                 response_headers: Headers | None = None,
                  response_msg: str | None = None) -> None:
         self.code = response_code
         self.headers = dict(response_headers or {})
@@ -75,7 +81,7 @@ class BasicHTTPAuth(BasePlugin):
         self.src = src
         self._expected = src.encode("latin-1", "replace")
 
-    def authenticate(self, headers: Mapping[str, str], target_host: Any,
+    def authenticate(self, headers: Headers, target_host: Any,
                      target_port: Any) -> None:
         header = headers.get("Authorization")
         if not header:
@@ -116,7 +122,7 @@ class ExpectOrigin(BasePlugin):
         super().__init__(src)
         self.source: list[str] = src.split() if src else []  # type: ignore[assignment]
 
-    def authenticate(self, headers: Mapping[str, str], target_host: Any,
+    def authenticate(self, headers: Headers, target_host: Any,
                      target_port: Any) -> None:
         origin = headers.get("Origin")
         if origin is None or origin not in self.source:
@@ -131,7 +137,7 @@ class ClientCertCNAuth(BasePlugin):
         super().__init__(src)
         self.source: list[str] = src.split() if src else []  # type: ignore[assignment]
 
-    def authenticate(self, headers: Mapping[str, str], target_host: Any,
+    def authenticate(self, headers: Headers, target_host: Any,
                      target_port: Any) -> None:
         common_name = headers.get("SSL_CLIENT_S_DN_CN")
         if common_name is None or common_name not in self.source:

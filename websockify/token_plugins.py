@@ -213,8 +213,12 @@ class BaseTokenAPI(BasePlugin):
 
     def __init__(self, src: str | None) -> None:
         super().__init__(_require_source(src, "a URL with %s where the token goes"))
-        if "%s" not in self.source:  # type: ignore[operator]
-            raise ValueError(f"{src}: the URL needs a %s where the token goes")
+        try:
+            if "%s" not in self.source or self.source % "token" == self.source:  # type: ignore
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ValueError(f"{src}: the URL needs one %s where the token goes "
+                             "(write a literal % as %%)") from None
         self._requests = _need("requests", "tokenapi", type(self).__name__)
         self._session = self._requests.Session()
 
