@@ -28,6 +28,7 @@ from tests.bridge_support import (
     http_status,
     raw_request,
     recv_bytes,
+    upgrade,
     wait_exit,
     wait_until,
     ws_connect,
@@ -160,21 +161,41 @@ def assert_hung_up(sock: socket.socket) -> None:
 
 def test_200_wss_clients_at_once(tmp_path: Path, echo_target: TcpServer, pki: Pki,
                                  server_cert: tuple[Path, Path]) -> None:
+    """200 TLS clients handshake together, all stay open, then each echoes.
+
+    The clients are raw: each connection is used by one thread only.  (python-
+    websockets' sync client reads in a thread of its own while the caller writes,
+    and OpenSSL does not allow one SSL object to be used by two threads at once;
+    measured here, about one connection in two thousand then loses its request,
+    which this test would count against the server.)
+    """
     context = pki.client_context()
     barrier = threading.Barrier(200, timeout=TIMEOUT * 3)
 
-    def one_client(index: int) -> bytes:
-        with ws_connect(server.port, tls=context, open_timeout=TIMEOUT * 3) as ws:
-            barrier.wait()  # all 200 are open at the same time
-            payload = f"client {index}".encode()
-            ws.send(payload)
-            return recv_bytes(ws, len(payload), timeout=TIMEOUT * 3)
+    def one_client(index: int) -> str:
+        """"ok", or what went wrong for this client (all of them are reported)."""
+        payload = f"client {index}".encode()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT * 3) \
+                    as raw, context.wrap_socket(raw, server_hostname="localhost") as tls:
+                status = http_status(upgrade(tls))
+                if status != 101:
+                    return f"client {index}: HTTP {status}"
+                barrier.wait()  # all 200 are open at the same time
+                tls.sendall(client_frame(OP_BINARY, payload))
+                echoed = FrameReader(tls).read_frame()[2]
+                return "ok" if echoed == payload else f"client {index}: got {echoed!r}"
+        except Exception as error:
+            barrier.abort()
+            return f"client {index}: {type(error).__name__}: {error}"
 
     with websockify(tmp_path, *tls_args(server_cert), "127.0.0.1:0",
                     f"127.0.0.1:{echo_target.port}") as server, \
             ThreadPoolExecutor(200) as pool:
-        answers = list(pool.map(one_client, range(200)))
-    assert answers == [f"client {index}".encode() for index in range(200)]
+        outcomes = list(pool.map(one_client, range(200)))
+    failures = [outcome for outcome in outcomes if outcome != "ok"]
+    causes = [failure for failure in failures if "BrokenBarrierError" not in failure]
+    assert not failures, (causes or failures)[:5]
 
 
 @pytest.fixture

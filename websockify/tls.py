@@ -145,6 +145,7 @@ class ServerTls:
             with gevent.Timeout(timeout, TimeoutError):
                 first = sock.recv(1, socket.MSG_PEEK)
                 if not first:
+                    logger.debug("%s: closed before sending anything", peer)
                     sock.close()
                     return None
                 if first[0] not in TLS_FIRST_BYTES:
