@@ -12,6 +12,8 @@ import shutil
 import signal
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +35,7 @@ from tests.bridge_support import (
     wait_until,
     ws_connect,
 )
+from tests.service_support import free_loopback_port
 from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
 from tests.test_hixie_server import HixieClient, frame
 from tests.tls_support import Pki, TlsEchoTarget, der_of, self_signed, served_certificate
@@ -378,3 +381,58 @@ def test_novnc_proxy_command_line(tmp_path: Path, echo_target: TcpServer, pki: P
             head = read_http_head(tls)
             assert http_status(head) == 200
             assert (http_header(head, "Content-Type") or "").startswith("text/html")
+
+
+def test_the_real_novnc_proxy_script(tmp_path: Path, echo_target: TcpServer, pki: Pki,
+                                     server_cert: tuple[Path, Path], novnc_web: Path) -> None:
+    """noVNC's own launcher finds this websockify on PATH and starts it with --cert."""
+    script = novnc_web / "utils" / "novnc_proxy"
+    combined = tmp_path / "self.pem"
+    combined.write_text(server_cert[0].read_text() + server_cert[1].read_text())
+    port = free_loopback_port()
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    with (tmp_path / "novnc_proxy.log").open("wb") as log:
+        proxy = subprocess.Popen(
+            [str(script), "--listen", f"127.0.0.1:{port}", "--vnc",
+             f"127.0.0.1:{echo_target.port}", "--cert", str(combined), "--heartbeat", "30"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    try:
+        wait_until(lambda: "listening on 127.0.0.1:" in (tmp_path / "novnc_proxy.log").read_text(),
+                   "novnc_proxy's websockify to listen")
+        assert f"Using installed websockify at {Path(sys.executable).parent}/websockify" in \
+            (tmp_path / "novnc_proxy.log").read_text()
+        echo_over(port, pki.client_context(), b"RFB 003.008\n")
+    finally:
+        proxy.send_signal(signal.SIGTERM)  # its trap stops websockify
+        proxy.wait(TIMEOUT)
+    wait_until(lambda: "SIGTERM received" in (tmp_path / "novnc_proxy.log").read_text(),
+               "websockify to be stopped by novnc_proxy")
+
+
+@pytest.mark.parametrize(("option", "client_max", "accepted"), [
+    ("tlsv1_3", ssl.TLSVersion.TLSv1_2, False),
+    ("tlsv1_3", ssl.TLSVersion.TLSv1_3, True),
+    ("tlsv1_2", ssl.TLSVersion.TLSv1_2, True),
+])
+def test_ssl_version_sets_the_lowest_version(
+        tmp_path: Path, echo_target: TcpServer, pki: Pki, server_cert: tuple[Path, Path],
+        option: str, client_max: ssl.TLSVersion, accepted: bool) -> None:
+    context = pki.client_context()
+    context.maximum_version = client_max
+    with websockify(tmp_path, *tls_args(server_cert), "--ssl-version", option,
+                    "--ssl-ciphers", "ECDHE+AESGCM", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server:
+        if accepted:
+            echo_over(server.port, context, b"agreed")
+        else:
+            with pytest.raises(ssl.SSLError):
+                served_certificate(server.port, context)
+            server.wait_for_log("TLS handshake failed: (UNSUPPORTED_PROTOCOL|NO_PROTOCOLS)")
+
+
+def test_unusable_cipher_list_is_a_start_up_error(tmp_path: Path,
+                                                  server_cert: tuple[Path, Path]) -> None:
+    with websockify(tmp_path, *tls_args(server_cert), "--ssl-ciphers", "NO-SUCH-CIPHER",
+                    "127.0.0.1:0", "127.0.0.1:5900", wait_listening=False) as server:
+        assert wait_exit(server.proc) == 2
+        assert "--ssl-ciphers 'NO-SUCH-CIPHER': no usable cipher" in server.log()

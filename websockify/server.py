@@ -28,7 +28,7 @@ from websockify.app import WebsockifyApp, create_app
 from websockify.handler import UpgradeHandler, peer_name
 from websockify.launcher import WrappedProgram
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
-from websockify.tls import ServerTls
+from websockify.tls import ServerTls, log_tls_configuration
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def run(settings: Settings) -> int:
         gevent.signal_handler(signal.SIGHUP, tls.reload, "SIGHUP")
     server.start()
     logger.info("listening on %s", listeners.describe(listener))
-    _log_tls(settings)
+    log_tls_configuration(settings)
     if settings.target is not None:
         logger.info("relaying WebSocket connections to %s", settings.target)
     watchers = _start_exit_watchers(settings, server, stopped)
@@ -113,19 +113,6 @@ def run(settings: Settings) -> int:
             watcher.kill(block=False)
         _shut_down(server, app, program, settings)
     return status
-
-
-def _log_tls(settings: Settings) -> None:
-    if settings.tls is None:
-        logger.warning("no TLS: certificate self.pem not found (give --cert FILE); "
-                       "serving plain ws:// and http:// only")
-    else:
-        logger.info("TLS with %s: %s", settings.tls.cert,
-                    "wss:// and https:// only (--ssl-only)" if settings.tls.ssl_only
-                    else "wss:// and ws:// on the same port")
-    if settings.target_tls is not None:
-        logger.info("TLS to the target%s", "" if settings.target_tls.verify
-                    else " without certificate verification (--ssl-target-no-verify)")
 
 
 def _on_signal(signum: int, stopped: AsyncResult) -> None:

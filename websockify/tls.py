@@ -34,7 +34,7 @@ from gevent import socket
 from gevent import ssl as gevent_ssl
 
 from websockify.errors import ConfigError
-from websockify.settings import TargetTlsSettings, TlsSettings
+from websockify.settings import Settings, TargetTlsSettings, TlsSettings
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +172,20 @@ class ServerTls:
     def _files_signature(self) -> tuple[Any, ...]:
         paths = (self.settings.cert, self.settings.key, self.settings.cafile)
         return tuple(_file_identity(path) for path in paths if path)
+
+
+def log_tls_configuration(settings: Settings) -> None:
+    """Say at start-up which TLS is on (upstream says so too, and warns without it)."""
+    if settings.tls is None:
+        logger.warning("no TLS: certificate self.pem not found (give --cert FILE); "
+                       "serving plain ws:// and http:// only")
+    else:
+        logger.info("TLS with %s: %s", settings.tls.cert,
+                    "wss:// and https:// only (--ssl-only)" if settings.tls.ssl_only
+                    else "wss:// and ws:// on the same port")
+    if settings.target_tls is not None:
+        logger.info("TLS to the target%s", "" if settings.target_tls.verify
+                    else " without certificate verification (--ssl-target-no-verify)")
 
 
 def _file_identity(path: str) -> tuple[int, int, int, int] | None:
