@@ -83,15 +83,38 @@ class TlsSocket(gevent_ssl.SSLSocket):
         return total
 
     def sendmsg(self, buffers: Iterable[Any], *args: Any, **kwargs: Any) -> int:
-        """TLS cannot gather: the pieces go out joined, as one write.
+        """TLS cannot gather: small pieces go out joined, large ones on their own.
 
-        A write that would block returns 0 with part of the data taken into
-        OpenSSL; the relay retries with the same pieces (and possibly more after
-        them), which is the retry OpenSSL requires.
+        Returns the bytes written, like a partial ``send``.  A write that would
+        block returns 0 with part of its data already taken into OpenSSL; the
+        relay then retries with the same pieces (and possibly more after them),
+        which makes the same first write again, as OpenSSL requires.  Large
+        payloads are never copied, so retrying one costs nothing.
         """
         if args or kwargs:
             raise ValueError("ancillary data cannot be sent over TLS")
-        return int(self.send(b"".join(buffers)))
+        sent = 0
+        for group in _write_groups(buffers):
+            written = int(self.send(group))
+            sent += written
+            if written < memoryview(group).nbytes:
+                break
+        return sent
+
+
+def _write_groups(buffers: Iterable[Any]) -> Iterable[Any]:
+    """Runs of pieces that fit one TLS record, joined; larger pieces alone."""
+    run: list[Any] = []
+    run_size = 0
+    for piece in buffers:
+        size = memoryview(piece).nbytes
+        if run and run_size + size > MAX_RECORD:
+            yield run[0] if len(run) == 1 else b"".join(run)
+            run, run_size = [], 0
+        run.append(piece)
+        run_size += size
+    if run:
+        yield run[0] if len(run) == 1 else b"".join(run)
 
 
 class _Context(gevent_ssl.SSLContext):
