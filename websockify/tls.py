@@ -14,10 +14,11 @@ certificate (a Let's Encrypt renewal) drops no one; a broken replacement is
 logged and the previous certificate stays in use.
 
 :class:`TlsSocket` is gevent's SSL socket made to look, to the relay, like a plain
-non-blocking socket: "no record yet" is ``BlockingIOError``, ``sendmsg`` joins its
-pieces (TLS cannot scatter-gather), and a read drains every whole record already
-received so that no decrypted byte sits unseen in OpenSSL's buffer while the
-relay waits for the kernel to say "readable".
+non-blocking socket: "no record yet" is ``BlockingIOError``, ``sendmsg`` writes
+its pieces (TLS cannot scatter-gather), and a read takes whole records only (into
+a buffer of at least one record, as the relay's is), so that no decrypted byte
+sits unseen in OpenSSL's buffer while the relay waits for the kernel to say
+"readable".
 """
 
 from __future__ import annotations
@@ -72,9 +73,12 @@ class TlsSocket(gevent_ssl.SSLSocket):
             total = got = int(super().recv_into(view))
         except _WOULD_BLOCK:
             raise BlockingIOError("no complete TLS record yet") from None
-        # One SSL_read yields at most one record.  Read on while a whole record
-        # still fits, so that nothing decrypted is left behind in OpenSSL.
-        while got and len(view) - total >= MAX_RECORD:
+        # One SSL_read yields at most one record.  After a full record (a bulk
+        # sender) read on while another whole record fits, so that more arrives
+        # per wake-up; a short record (an interactive message) ends the read without
+        # paying for a read that would block.  Either way no decrypted byte is left
+        # behind in OpenSSL, where no "readable" event would announce it.
+        while got == MAX_RECORD and len(view) - total >= MAX_RECORD:
             try:
                 got = int(super().recv_into(view[total:]))
             except (*_WOULD_BLOCK, OSError):
