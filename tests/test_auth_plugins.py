@@ -127,6 +127,8 @@ def test_upstream_style_auth_plugin_by_dotted_path(tmp_path: Path,
     (["--auth-plugin", "BasicHTTPAuth"], "BasicHTTPAuth needs --auth-source user:password"),
     (["--auth-source", "x"], "--auth-source needs --auth-plugin"),
     (["--web-auth", "--auth-plugin", "ExpectOrigin"], "--web-auth needs --web"),
+    (["--auth-plugin", "ClientCertCNAuth", "--auth-source", "alice"],
+     "ClientCertCNAuth checks the certificate that --verify-client requires: add"),
 ])
 def test_auth_start_up_errors(tmp_path: Path, args: list[str], message: str) -> None:
     with websockify(tmp_path, *args, "127.0.0.1:0", "127.0.0.1:5900",

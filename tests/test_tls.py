@@ -39,6 +39,8 @@ from tests.service_support import free_loopback_port
 from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
 from tests.test_hixie_server import HixieClient, frame
 from tests.tls_support import Pki, TlsEchoTarget, der_of, self_signed, served_certificate
+from websockify import cli
+from websockify.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -323,6 +325,10 @@ def test_encrypted_key_needs_its_password(tmp_path: Path, echo_target: TcpServer
                     wait_listening=False) as server:
         assert wait_exit(server.proc) == 2
         assert "give --key-password" in server.log()
+    with websockify(tmp_path, "--cert", str(cert), "--key", str(key), "--key-password",
+                    "wrong", "127.0.0.1:0", target, wait_listening=False) as server:
+        assert wait_exit(server.proc) == 2
+        assert "cannot load the certificate and key" in server.log()
 
 
 @pytest.mark.parametrize(("args", "message"), [
@@ -436,3 +442,20 @@ def test_unusable_cipher_list_is_a_start_up_error(tmp_path: Path,
                     "127.0.0.1:0", "127.0.0.1:5900", wait_listening=False) as server:
         assert wait_exit(server.proc) == 2
         assert "--ssl-ciphers 'NO-SUCH-CIPHER': no usable cipher" in server.log()
+
+
+def test_tls_options_are_the_wsgi_servers_business() -> None:
+    for args in (["--cert", "x.pem"], ["--ssl-only"], ["--verify-client"]):
+        with pytest.raises(ConfigError, match="TLS is the WSGI server's"):
+            cli.parse([*args, "localhost:5900"], for_wsgi=True)
+    settings = cli.parse(["--ssl-target", "localhost:5900"], for_wsgi=True)
+    assert settings.target_tls is not None and settings.target_tls.verify
+
+
+def test_default_self_pem_is_used_when_present(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               server_cert: tuple[Path, Path]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert cli.parse(["6080", "localhost:5900"]).tls is None
+    (tmp_path / "self.pem").write_text(server_cert[0].read_text() + server_cert[1].read_text())
+    tls = cli.parse(["6080", "localhost:5900"]).tls
+    assert tls is not None and tls.cert == str(tmp_path / "self.pem") and tls.key is None

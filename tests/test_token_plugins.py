@@ -328,6 +328,21 @@ def test_http_token_api_is_cooperative(tmp_path: Path,
             assert slow_done.is_set()
 
 
+def test_a_lookup_slower_than_connect_timeout_gets_503(
+        tmp_path: Path, targets: tuple[TcpServer, TcpServer]) -> None:
+    with token_api() as api:
+        api.targets["stuck"] = ("127.0.0.1", targets[0].port)
+        api.gates["stuck"] = threading.Event()
+        try:
+            with websockify(tmp_path, "--connect-timeout", "1", "--token-plugin",
+                            "BaseTokenAPI", "--token-source", api.url("plain"),
+                            "127.0.0.1:0") as server:
+                assert refused_status(server.port, "/?token=stuck") == 503
+                server.wait_for_log("token plugin BaseTokenAPI did not answer within 1s")
+        finally:
+            api.gates["stuck"].set()
+
+
 def test_jwt_tokens_through_the_server(tmp_path: Path, rsa_key: jwk.JWK,
                                        targets: tuple[TcpServer, TcpServer]) -> None:
     public = tmp_path / "public.pem"

@@ -198,6 +198,11 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
         raise ConfigError(f"unexpected argument {positional[0]!r}")
     if access.web_auth and not opts.web:
         raise ConfigError("--web-auth needs --web")
+    if access.auth_plugin and access.auth_plugin.name.endswith("ClientCertCNAuth") and (
+            for_wsgi or not opts.verify_client):
+        raise ConfigError("ClientCertCNAuth checks the certificate that --verify-client "
+                          "requires" + (": only websockify's own server passes it on"
+                                        if for_wsgi else ": add --verify-client"))
     if opts.unix_listen_mode is not None and not opts.unix_listen:
         raise ConfigError("--unix-listen-mode needs --unix-listen")
     if opts.file_only and not opts.web:
