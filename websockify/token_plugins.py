@@ -367,9 +367,14 @@ class TokenRedis(BasePlugin):
         self._server = server
         self._password = password or None
         self._namespace = f"{namespace}:" if namespace else ""
+        retry = _need("redis.retry", "redis", "TokenRedis").Retry
+        no_backoff = _need("redis.backoff", "redis", "TokenRedis").NoBackoff
         self._client = redis.Redis(
             host=self._server, port=self._port, db=self._db, password=self._password,
-            socket_timeout=self.timeout, socket_connect_timeout=self.timeout)
+            socket_timeout=self.timeout, socket_connect_timeout=self.timeout,
+            # One immediate retry replaces a pooled connection that Redis dropped;
+            # redis-py's default backs off for seconds while the client waits.
+            retry=retry(no_backoff(), 1))
         logger.info("TokenRedis: tokens from redis %s:%s db %s", self._server, self._port,
                     self._db)
 
