@@ -226,6 +226,9 @@ def _file_identity(path: str) -> tuple[int, int, int, int] | None:
 def build_server_context(settings: TlsSettings) -> ssl.SSLContext:
     """An SSLContext for clients; raises ConfigError naming the file and the reason."""
     context = _Context(ssl.PROTOCOL_TLS_SERVER)
+    # A client may not renegotiate (TLS 1.2): each renegotiation costs the server a
+    # handshake, and a write that must wait for one would spin the relay.
+    context.options |= ssl.OP_NO_RENEGOTIATION
     minimum = _MIN_VERSIONS[settings.min_version]
     if minimum is not None:
         context.minimum_version = minimum
