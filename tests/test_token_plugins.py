@@ -326,6 +326,8 @@ def test_http_token_api_is_cooperative(tmp_path: Path,
                 api.gates["slow"].set()
                 thread.join()
             assert slow_done.is_set()
+        # Each connection reached its own token's target, though their lookups overlapped.
+        assert len(targets[0].connections) == 1 and len(targets[1].connections) == 1
 
 
 def test_a_lookup_slower_than_connect_timeout_gets_503(
