@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -426,3 +428,13 @@ def test_tokens_over_tls_under_gunicorn(tmp_path: Path, worker: str,
                     pytest.raises(websockets.exceptions.ConnectionClosedError):
                 ws.recv()
             assert ws.close_code == 1008 and ws.close_reason == "unknown token"
+
+
+def test_plugin_modules_import_no_gevent_and_no_optional_library() -> None:
+    """nova imports these under eventlet: neither gevent nor redis/jwcrypto/requests."""
+    probe = ("import sys, websockify.token_plugins, websockify.auth_plugins; "
+             "print(sorted(m for m in sys.modules "
+             "if m.split('.')[0] in ('gevent', 'redis', 'jwcrypto', 'requests')))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                            timeout=TIMEOUT, check=True)
+    assert result.stdout.strip() == "[]"
