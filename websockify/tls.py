@@ -136,11 +136,7 @@ class ServerTls:
         self._context = build_server_context(settings)
         self._failed_signature: tuple[Any, ...] | None = None
 
-    @property
-    def context(self) -> ssl.SSLContext:
-        return self._context
-
-    def reload(self, why: str) -> bool:
+    def reload(self, why: str) -> None:
         """Load the certificate files again; keep the old context if they are broken."""
         signature = self._files_signature()
         try:
@@ -149,12 +145,11 @@ class ServerTls:
             self._failed_signature = signature
             logger.error("TLS certificate not reloaded (%s), the previous one stays in use: %s",
                          why, error)
-            return False
+            return
         self._context = context
         self._signature = signature
         self._failed_signature = None
         logger.info("TLS certificate reloaded (%s) from %s", why, self.settings.cert)
-        return True
 
     def reload_if_changed(self) -> None:
         signature = self._files_signature()
