@@ -336,6 +336,8 @@ def test_encrypted_key_needs_its_password(tmp_path: Path, echo_target: TcpServer
     (["--ssl-only"], "--ssl-only needs a certificate"),
     (["--cafile", "ca.pem"], "--cafile needs"),
     (["--ssl-target-no-verify"], "need --ssl-target"),
+    (["--ssl-target", "--ssl-target-cafile", "/nonexistent/ca.pem"],
+     "--ssl-target-cafile /nonexistent/ca.pem: No such file"),
 ])
 def test_tls_configuration_errors_stop_at_start(tmp_path: Path, args: list[str],
                                                 message: str) -> None:
