@@ -11,9 +11,10 @@ STAMP := $(VENV)/.installed
 -include mk/launcher.mk
 # Upstream's Python API: upstream's and nova's tests (upstream-test, nova-test).
 -include mk/library.mk
+# TLS and the plugins: openssl and redis-server for their tests.
+-include mk/tls.mk
 
-# openssl makes the TLS tests' certificates; redis-server backs the TokenRedis tests.
-APT_PACKAGES := gcc libc6-dev iproute2 openssl redis-server $(LAUNCHER_APT_PACKAGES)
+APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES) $(TLS_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES) $(LIBRARY_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean

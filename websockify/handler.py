@@ -149,7 +149,7 @@ class UpgradeHandler(WSGIHandler):
         try:
             body = self._read_body(handshake.body_length(request))
             upgrade = handshake.accept(request, body, self._app.handshake_options)
-            admit = getattr(self._app, "admit", None)
+            admit = getattr(self.application, "admit", None)
             if admit is not None:
                 admit(self.environ)  # origin, token and auth: refused before the 101
         except HandshakeError as error:
