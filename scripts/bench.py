@@ -246,7 +246,7 @@ def run_all(tests: Sequence[Test], servers: Sequence[ServerSpec], settings: Sett
             for spec in servers:
                 if spec.name in results.dead_servers or (test.key, spec.name) in results.failures:
                     continue
-                if test.legacy and not spec.legacy:
+                if (test.legacy and not spec.legacy) or (test.tls and not spec.tls):
                     continue
                 _run_and_record(test, spec, settings, results, rep)
 
@@ -311,6 +311,8 @@ def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
     """One cell's text and value; missing values say why in a footnote."""
     if test.legacy and not spec.legacy:
         return "n/a" + notes.mark("only RFC 6455 binary frames are spoken"), None
+    if test.tls and not spec.tls:
+        return "n/a" + notes.mark("not measured over TLS: it has no --cert option"), None
     if spec.name in results.dead_servers:
         return "failed" + notes.mark(f"{spec.name} did not run: "
                                      f"{results.dead_servers[spec.name]}"), None

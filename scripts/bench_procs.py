@@ -65,6 +65,8 @@ class ServerSpec:
     legacy: bool
     command: Callable[[int, int], list[str]]
     prepare: Callable[[], None]
+    #: Whether it takes upstream's --cert and serves wss:// (the tls group).
+    tls: bool = False
 
 
 def _ours_python() -> str:
@@ -180,11 +182,11 @@ def ensure_websocat() -> None:
 
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("upstream", f"upstream {UPSTREAM_VERSION}", False, upstream_command,
-               ensure_upstream),
+               ensure_upstream, tls=True),
     ServerSpec("websockets", "python-websockets relay", False, wsrelay_command, ensure_wsrelay),
     ServerSpec("websocat", f"websocat {WEBSOCAT_VERSION}", False, websocat_command,
                ensure_websocat),
-    ServerSpec("ours", "ours (gevent)", True, ours_command, ensure_ours),
+    ServerSpec("ours", "ours (gevent)", True, ours_command, ensure_ours, tls=True),
 )
 
 
