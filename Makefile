@@ -13,8 +13,11 @@ STAMP := $(VENV)/.installed
 -include mk/library.mk
 # The wheel, the sdist and the Debian package: make deb, make deb-check.
 -include mk/packaging.mk
+# TLS and the plugins: openssl and redis-server for their tests.
+-include mk/tls.mk
 
-APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES) $(PACKAGING_APT_PACKAGES)
+APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES) $(PACKAGING_APT_PACKAGES) \
+	$(TLS_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES) $(LIBRARY_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean

@@ -110,8 +110,8 @@ if bdist_wheel is not None:
 #: Optional features, one extra each; `plugins` is every plugin extra at once.
 PLUGIN_EXTRAS = {
     "redis": ["redis>=4"],  # token_plugins.TokenRedis
-    "jwt": ["jwcrypto>=1"],  # token_plugins.JWTTokenApi
-    "tokenapi": ["requests>=2"],  # token_plugins.TokenRestApi
+    "jwt": ["jwcrypto>=1.4"],  # token_plugins.JWTTokenApi
+    "tokenapi": ["requests>=2.20"],  # token_plugins.BaseTokenAPI, JSONTokenApi
 }
 EXTRAS = {
     # gunicorn's gevent worker imports `packaging` since 26.1, which then moved it
@@ -122,7 +122,8 @@ EXTRAS = {
     **PLUGIN_EXTRAS,
     "plugins": sorted({req for reqs in PLUGIN_EXTRAS.values() for req in reqs}),
     "test": ["pytest>=7", "pytest-timeout", "hypothesis", "websockets>=12",
-             "gunicorn[gevent]>=21", "gevent-websocket>=0.10.1", "build", "ruff", "mypy"],
+             "gunicorn[gevent]>=21", "gevent-websocket>=0.10.1", "build", "ruff", "mypy",
+             *PLUGIN_EXTRAS["redis"], *PLUGIN_EXTRAS["jwt"], *PLUGIN_EXTRAS["tokenapi"]],
 }
 
 setup(

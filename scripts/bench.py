@@ -13,6 +13,10 @@ every repeat, so a noisy moment of the machine hits all rather than one; the tab
 shows medians.  Every byte is verified: a wrong byte fails the row instead of making
 it look fast.
 
+The ``tls`` group runs both servers with the same self-signed certificate
+(``--cert``, made by openssl into .bench/) and measures wss:// upload, download,
+round trip and the rate of TLS + WebSocket handshakes for 1,000 clients.
+
 The Markdown table goes to stdout and to .bench/results.md; progress to stderr.
 This is a tool to run by hand (``make bench``), never a timed test.
 """
@@ -41,6 +45,7 @@ from bench_measure import (
     measure_download,
     measure_rtt,
     measure_setup,
+    measure_tls_setup,
     measure_upload,
 )
 from bench_procs import (
@@ -56,9 +61,12 @@ from bench_procs import (
     server_log,
     server_process,
     target_process,
+    tls_options,
 )
 
 RESULTS_FILE = BENCH_DIR / "results.md"
+#: Clients in the TLS connection-setup measurement.
+TLS_SETUPS = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +104,8 @@ class Test:
     legacy: bool
     run: Callable[[RunningServer, Settings], dict[str, float]]
     metrics: tuple[Metric, ...]
+    #: The servers get --cert and the clients speak TLS (wss://).
+    tls: bool = False
 
 
 def _transfer_size(test_legacy: bool, s: Settings) -> int:
@@ -127,6 +137,31 @@ def _connections(server: RunningServer, s: Settings) -> dict[str, float]:
 
 def _setup(server: RunningServer, s: Settings) -> dict[str, float]:
     return measure_setup(server, s.setup_total, SETUP_IN_FLIGHT, s.setup_budget)
+
+
+def _tls_tests() -> list[Test]:
+    """wss:// rows: both servers with the same self-signed certificate."""
+    mode = wire.TLS_BINARY
+
+    def rtt(server: RunningServer, s: Settings) -> dict[str, float]:
+        return measure_rtt(server, mode, s.rtt_count)
+
+    def setup(server: RunningServer, s: Settings) -> dict[str, float]:
+        return measure_tls_setup(server, mode, TLS_SETUPS)
+
+    return [
+        Test("upload-tls", "tls", "sink", False, _upload(mode),
+             (Metric("mibps", "Upload over TLS, binary frames (MiB/s ↑)"),), tls=True),
+        Test("download-tls", "tls", "source", False, _download(mode),
+             (Metric("mibps", "Download over TLS, binary frames (MiB/s ↑)"),), tls=True),
+        Test("rtt-tls", "tls", "echo", False, rtt, (
+            Metric("p50", "Round trip 64 B over TLS, p50 (µs ↓)"),
+            Metric("p99", "Round trip 64 B over TLS, p99 (µs ↓)"),
+        ), tls=True),
+        Test("setup-tls", "tls", "echo", False, setup, (
+            Metric("rate", f"TLS + WebSocket handshakes, {TLS_SETUPS:,} clients (per s ↑)"),
+        ), tls=True),
+    ]
 
 
 def _transfer_tests(mode: wire.Mode, legacy: bool) -> list[Test]:
@@ -161,8 +196,9 @@ TESTS: tuple[Test, ...] = (
     )),
     *_transfer_tests(wire.BASE64, legacy=True),
     *_transfer_tests(wire.HIXIE76, legacy=True),
+    *_tls_tests(),
 )
-GROUPS = ("upload", "download", "rtt", "setup", "connections", "legacy")
+GROUPS = ("upload", "download", "rtt", "setup", "connections", "legacy", "tls")
 
 
 # -------------------------------------------------------------------------- running
@@ -196,8 +232,9 @@ def _summary(values: dict[str, float]) -> str:
 
 def run_one(test: Test, spec: ServerSpec, settings: Settings, tag: str) -> dict[str, float]:
     """A fresh target and a fresh server for each measurement: no state carries over."""
+    extra = tls_options() if test.tls else []
     with target_process(test.target) as target_port, \
-            server_process(spec, target_port, tag) as server:
+            server_process(spec, target_port, tag, extra) as server:
         return test.run(server, settings)
 
 
@@ -209,7 +246,7 @@ def run_all(tests: Sequence[Test], servers: Sequence[ServerSpec], settings: Sett
             for spec in servers:
                 if spec.name in results.dead_servers or (test.key, spec.name) in results.failures:
                     continue
-                if test.legacy and not spec.legacy:
+                if (test.legacy and not spec.legacy) or (test.tls and not spec.tls):
                     continue
                 _run_and_record(test, spec, settings, results, rep)
 
@@ -274,6 +311,8 @@ def _cell(results: Results, test: Test, metric: Metric, spec: ServerSpec,
     """One cell's text and value; missing values say why in a footnote."""
     if test.legacy and not spec.legacy:
         return "n/a" + notes.mark("only RFC 6455 binary frames are spoken"), None
+    if test.tls and not spec.tls:
+        return "n/a" + notes.mark("not measured over TLS: it has no --cert option"), None
     if spec.name in results.dead_servers:
         return "failed" + notes.mark(f"{spec.name} did not run: "
                                      f"{results.dead_servers[spec.name]}"), None

@@ -16,6 +16,7 @@ import socket
 import struct
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -295,6 +296,24 @@ async def _hold(server: RunningServer, total: int) -> dict[str, float]:
         "open_s": open_seconds,
         "processes": float(memory.processes),
     }
+
+
+def measure_tls_setup(server: RunningServer, mode: wire.Mode, total: int,
+                  workers: int = 16) -> dict[str, float]:
+    """Open and close ``total`` connections, ``workers`` at a time; connections per second.
+
+    Each one completes its handshake (TLS and WebSocket, for a TLS mode) before it
+    says goodbye, so the rate is what a server sustains for clients arriving in a crowd.
+    """
+    def open_and_close(_: int) -> None:
+        sock, _reader = _open(server, mode)
+        _close(sock, mode)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(workers) as pool:
+        for _ in pool.map(open_and_close, range(total)):
+            pass
+    return {"rate": total / (time.perf_counter() - start)}
 
 
 def measure_connections(server: RunningServer, total: int) -> dict[str, float]:

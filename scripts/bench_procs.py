@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +65,8 @@ class ServerSpec:
     legacy: bool
     command: Callable[[int, int], list[str]]
     prepare: Callable[[], None]
+    #: Whether it takes upstream's --cert and serves wss:// (the tls group).
+    tls: bool = False
 
 
 def _ours_python() -> str:
@@ -180,11 +182,11 @@ def ensure_websocat() -> None:
 
 SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("upstream", f"upstream {UPSTREAM_VERSION}", False, upstream_command,
-               ensure_upstream),
+               ensure_upstream, tls=True),
     ServerSpec("websockets", "python-websockets relay", False, wsrelay_command, ensure_wsrelay),
     ServerSpec("websocat", f"websocat {WEBSOCAT_VERSION}", False, websocat_command,
                ensure_websocat),
-    ServerSpec("ours", "ours (gevent)", True, ours_command, ensure_ours),
+    ServerSpec("ours", "ours (gevent)", True, ours_command, ensure_ours, tls=True),
 )
 
 
@@ -274,8 +276,10 @@ def common_error(log: Path) -> str | None:
 
 
 @contextlib.contextmanager
-def server_process(spec: ServerSpec, target_port: int, tag: str) -> Iterator[RunningServer]:
-    """Start ``spec`` in front of ``target_port``; stop it (and its children) on exit."""
+def server_process(spec: ServerSpec, target_port: int, tag: str,
+                   extra: Sequence[str] = ()) -> Iterator[RunningServer]:
+    """Start ``spec`` in front of ``target_port`` (with ``extra`` options); stop it (and
+    its children) on exit."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = server_log(spec, tag)
     last_error: ServerError | None = None
@@ -283,7 +287,8 @@ def server_process(spec: ServerSpec, target_port: int, tag: str) -> Iterator[Run
         port = free_port()
         with log.open("wb") as log_file:
             popen = subprocess.Popen(
-                spec.command(port, target_port), stdin=subprocess.DEVNULL, stdout=log_file,
+                [*spec.command(port, target_port), *extra], stdin=subprocess.DEVNULL,
+                stdout=log_file,
                 stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
             )
         try:
@@ -299,6 +304,18 @@ def server_process(spec: ServerSpec, target_port: int, tag: str) -> Iterator[Run
             _stop(popen)
         return
     raise ServerError(f"{spec.name} did not start: {last_error}")
+
+
+def tls_options() -> list[str]:
+    """``--cert`` for both servers: a self-signed EC certificate, made once by openssl."""
+    cert = BENCH_DIR / "self.pem"
+    if not cert.exists():
+        BENCH_DIR.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-keyout", str(cert), "-out", str(cert), "-days", "3650",
+             "-subj", "/CN=localhost"], check=True, capture_output=True)
+    return ["--cert", str(cert)]
 
 
 # ------------------------------------------------------------------------- targets

@@ -14,6 +14,7 @@ import binascii
 import hashlib
 import random
 import socket
+import ssl
 import struct
 from dataclasses import dataclass
 
@@ -40,16 +41,25 @@ class Mode:
 
     draft: str
     encoding: str
+    #: wss://: the connection speaks TLS first (certificate not verified: the
+    #: benchmark made it itself, and both servers get the same one).
+    tls: bool = False
 
     @property
     def label(self) -> str:
-        """Short name for tables: "binary", "base64" or "hixie-76"."""
-        return "hixie-76" if self.draft == "hixie76" else self.encoding
+        """Short name for tables: "binary", "base64" or "hixie-76" ("tls-binary" over TLS)."""
+        name = "hixie-76" if self.draft == "hixie76" else self.encoding
+        return f"tls-{name}" if self.tls else name
 
 
 BINARY = Mode("rfc6455", "binary")
 BASE64 = Mode("rfc6455", "base64")
 HIXIE76 = Mode("hixie76", "base64")
+TLS_BINARY = Mode("rfc6455", "binary", tls=True)
+
+_TLS_CLIENT = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+_TLS_CLIENT.check_hostname = False
+_TLS_CLIENT.verify_mode = ssl.CERT_NONE
 
 
 # --------------------------------------------------------------------------- frames
@@ -280,10 +290,13 @@ def handshake(sock: socket.socket, port: int, mode: Mode, rng: random.Random) ->
 def connect(
     port: int, mode: Mode, rng: random.Random, timeout: float
 ) -> tuple[socket.socket, bytes]:
-    """Open a TCP connection to 127.0.0.1:``port`` and upgrade it; bounded by ``timeout``."""
+    """Open a TCP (or TLS) connection to 127.0.0.1:``port`` and upgrade it; bounded by
+    ``timeout``."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if mode.tls:
+            sock = _TLS_CLIENT.wrap_socket(sock, server_hostname="localhost")
         rest = handshake(sock, port, mode, rng)
     except BaseException:
         sock.close()

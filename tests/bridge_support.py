@@ -13,6 +13,7 @@ import base64
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import subprocess
 import threading
@@ -202,15 +203,18 @@ def ipv6_loopback_available() -> bool:
 # The third-party client (python-websockets)
 
 def ws_connect(port: int, protocols: list[str] | None = None, host: str = "127.0.0.1",
-               path: str = "/", **kwargs: Any) -> ClientConnection:
-    """A python-websockets client; ``protocols`` defaults to ["binary"]."""
+               path: str = "/", tls: ssl.SSLContext | None = None,
+               **kwargs: Any) -> ClientConnection:
+    """A python-websockets client; ``protocols`` defaults to ["binary"]; wss:// with ``tls``."""
     offered = ["binary"] if protocols is None else protocols
     options: dict[str, Any] = {"subprotocols": [Subprotocol(p) for p in offered],
                      "open_timeout": TIMEOUT, "close_timeout": TIMEOUT, "max_size": None,
                      "compression": None, "ping_interval": None, "proxy": None}
+    if tls is not None:
+        options["ssl"] = tls
     options.update(kwargs)
     netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return connect(f"ws://{netloc}{path}", **options)
+    return connect(f"{'wss' if tls else 'ws'}://{netloc}{path}", **options)
 
 
 def ws_unix_connect(path: Path) -> ClientConnection:

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -65,7 +66,7 @@ class HixieClient:
     def __init__(self, port: int, draft: int = 76, *, protocol: str | None = None,
                  key1: str | None = None, send_body: bool = True, byte_writes: bool = False,
                  body_split: int = 8, body_delay: float = 0.0, first_frames: bytes = b"",
-                 path: str = "/websockify?token=x") -> None:
+                 path: str = "/websockify?token=x", tls: ssl.SSLContext | None = None) -> None:
         rng = random.Random()
         lines = [f"GET {path} HTTP/1.1", "Upgrade: WebSocket", "Connection: Upgrade",
                  f"Host: 127.0.0.1:{port}", "Origin: http://origin.example"]
@@ -83,6 +84,8 @@ class HixieClient:
         self.draft = draft
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            self.sock = tls.wrap_socket(self.sock, server_hostname="localhost")
         self._buffer = bytearray()
         first = head + body[:body_split]
         if byte_writes:

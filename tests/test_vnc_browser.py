@@ -67,6 +67,13 @@ def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def chromium(tmp_path: Path) -> Iterator[Any]:
     """Headless Chromium driven by Selenium through Debian's chromedriver."""
+    with chromium_driver(tmp_path) as driver:
+        yield driver
+
+
+@contextlib.contextmanager
+def chromium_driver(tmp_path: Path, *extra_flags: str) -> Iterator[Any]:
+    """Headless Chromium with CHROMIUM_FLAGS and ``extra_flags``; skips if it is missing."""
     need("chromium", "chromedriver")
     if importlib.util.find_spec("selenium") is None:
         pytest.skip("selenium not installed (make test installs it)")
@@ -75,7 +82,7 @@ def chromium(tmp_path: Path) -> Iterator[Any]:
 
     options = webdriver.ChromeOptions()
     options.binary_location = shutil.which("chromium") or ""
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'chromium'}"):
+    for flag in (*CHROMIUM_FLAGS, *extra_flags, f"--user-data-dir={tmp_path / 'chromium'}"):
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options,
                               service=Service(shutil.which("chromedriver") or ""))

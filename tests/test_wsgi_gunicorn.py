@@ -38,19 +38,20 @@ from tests.support import (
 GUNICORN = REPO / ".venv" / "bin" / "gunicorn"
 OUR_WORKER = "websockify.gunicorn_worker.WebsockifyWorker"
 STOCK_WORKER = "geventwebsocket.gunicorn.workers.GeventWebSocketWorker"
-LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
+LISTENING = re.compile(r"Listening at: https?://127\.0\.0\.1:(\d+)")
 
 
 class Gunicorn:
     """gunicorn serving websockify.wsgi:application, configured by WEBSOCKIFY_ARGS."""
 
-    def __init__(self, tmp_path: Path, worker: str, args: str) -> None:
+    def __init__(self, tmp_path: Path, worker: str, args: str,
+                 extra: tuple[str, ...] = ()) -> None:
         self.log_path = tmp_path / f"gunicorn-{time.monotonic_ns()}.log"
         env = dict(os.environ, WEBSOCKIFY_ARGS=args)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
                 [str(GUNICORN), "-k", worker, "-b", "127.0.0.1:0", "--workers", "1",
-                 "--control-socket", str(tmp_path / "gunicorn.ctl"),
+                 "--control-socket", str(tmp_path / "gunicorn.ctl"), *extra,
                  "websockify.wsgi:application"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO,
             )
@@ -80,8 +81,9 @@ class Gunicorn:
 
 
 @contextmanager
-def gunicorn(tmp_path: Path, worker: str, args: str) -> Iterator[Gunicorn]:
-    server = Gunicorn(tmp_path, worker, args)
+def gunicorn(tmp_path: Path, worker: str, args: str,
+             extra: tuple[str, ...] = ()) -> Iterator[Gunicorn]:
+    server = Gunicorn(tmp_path, worker, args, extra)
     try:
         server.wait_listening()
         yield server

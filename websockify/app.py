@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from http import HTTPStatus
 from typing import Any
 
 from gevent import socket
 
-from websockify import target
-from websockify.errors import TargetError
+from websockify import target, tls
+from websockify.access import TARGET_KEY, Access
+from websockify.errors import HandshakeError, TargetError
 from websockify.handler import peer_name, take_buffered_input
 from websockify.launcher import WrappedProgram
 from websockify.protocol.handshake import HandshakeOptions
@@ -46,8 +48,10 @@ class WebsockifyApp:
         *,
         static: WSGIApp | None = None,
         on_relay_end: Callable[[], None] | None = None,
+        access: Access | None = None,
     ) -> None:
         self._connect_target = connect_target
+        self._access = access if access is not None and access.active else None
         self._heartbeat = settings.heartbeat
         self._static = static
         self._on_relay_end = on_relay_end
@@ -68,6 +72,11 @@ class WebsockifyApp:
                 self._serve_gevent_websocket(websocket, environ)
             return []
         if self._static is not None:
+            if self._access is not None:
+                try:
+                    self._access.admit_web(environ)
+                except HandshakeError as error:
+                    return _refusal(error, environ, start_response)
             return self._static(environ, start_response)
         start_response("405 Method Not Allowed", [
             ("Content-Type", "text/plain; charset=utf-8"),
@@ -83,6 +92,15 @@ class WebsockifyApp:
         which every current client (noVNC included) offers or does without.
         """
         return "binary"
+
+    def admit(self, environ: dict[str, Any]) -> None:
+        """Origin, token and auth checks of an upgrade, before it is answered.
+
+        Our handler calls this before sending 101; raises HandshakeError.  The
+        target a token chose is left in ``environ`` for the connection.
+        """
+        if self._access is not None:
+            self._access.admit(environ)
 
     def close_all(self, code: int, reason: str) -> None:
         """Start the closing handshake of every running relay (returns at once)."""
@@ -101,10 +119,18 @@ class WebsockifyApp:
         codec = HybiCodec(chosen if chosen in offered else None,
                           self.handshake_options.max_message_size)
         client = ClientConnection(
-            handler.socket, codec, take_buffered_input(handler.rfile, handler.socket),
+            handler.socket, codec,
+            take_buffered_input(handler.rfile, handler.socket)
+            + tls.prepare_for_relay(handler.socket),
             peer_name(handler.client_address), str(environ.get("wsgi.websocket_version")),
         )
         try:
+            try:
+                self.admit(environ)  # gevent-websocket has already answered 101
+            except HandshakeError as error:
+                logger.info("%s: refused (%d): %s", client.peer, error.status, error.reason)
+                refuse(client, 1008, error.reason)
+                return
             self._serve_websocket(client, environ)
         finally:
             websocket.closed = True
@@ -133,25 +159,49 @@ def create_app(settings: Settings, program: WrappedProgram | None = None,
                on_relay_end: Callable[[], None] | None = None) -> WebsockifyApp:
     """The application for ``settings``: its target (or ``program``) and --web files."""
     static = StaticFiles(settings.web, file_only=settings.file_only) if settings.web else None
+    access = Access(settings.access, settings.target, settings.limits.connect_timeout)
     return WebsockifyApp(
         _target_opener(settings, program, settings.limits.connect_timeout), settings,
-        static=static, on_relay_end=on_relay_end,
+        static=static, on_relay_end=on_relay_end, access=access,
     )
 
 
 def _target_opener(settings: Settings, program: WrappedProgram | None,
                    timeout: float) -> ConnectTarget:
-    """How each connection reaches its target: a fixed address or the wrapped program."""
+    """How each connection reaches its target: its token's, a fixed one or the program."""
     fixed = settings.target
-    if fixed is not None:
-        return lambda environ: target.connect(fixed, timeout)
-    assert program is not None, "cli guarantees a target or a wrapped program"
+    context = tls.target_context(settings.target_tls) if settings.target_tls else None
 
-    def connect_to_program(environ: dict[str, Any]) -> socket.socket:
+    def connect(environ: dict[str, Any]) -> socket.socket:
+        chosen = environ.get(TARGET_KEY, fixed)
+        if chosen is not None:
+            return target.connect(chosen, timeout, context)
+        assert program is not None, "cli guarantees a target, a token plugin or a program"
         host, port = program.wait_for_target(timeout)
-        return target.connect(TcpAddress(host, port), timeout)
+        return target.connect(TcpAddress(host, port), timeout, context)
 
-    return connect_to_program
+    return connect
+
+
+def _refusal(error: HandshakeError, environ: dict[str, Any],
+             start_response: StartResponse) -> list[bytes]:
+    """A plain HTTP request refused by --web-auth: its status, headers and reason."""
+    logger.info("%s: refused (%d): %s", environ.get("REMOTE_ADDR", "?"), error.status,
+                error.reason)
+    body = f"{error.reason}\n".encode()
+    start_response(f"{error.status} {_phrase(error.status)}", [
+        ("Content-Type", "text/plain; charset=utf-8"),
+        ("Content-Length", str(len(body))),
+        *error.headers,
+    ])
+    return [body]
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Refused"
 
 
 def _log_connected(client: ClientConnection, target_socket: socket.socket) -> None:

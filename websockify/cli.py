@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -19,12 +20,16 @@ from websockify import __version__
 from websockify.errors import ConfigError, WebsockifyError
 from websockify.settings import (
     MIB,
+    AccessSettings,
     InheritedSocket,
     Limits,
     Listen,
+    PluginSpec,
     Settings,
     Target,
+    TargetTlsSettings,
     TcpAddress,
+    TlsSettings,
     UnixAddress,
     WrapSettings,
 )
@@ -33,10 +38,14 @@ logger = logging.getLogger("websockify")
 
 USAGE = """
     websockify [options] [source_addr:]source_port target_addr:target_port
+    websockify [options] --token-plugin=CLASS [source_addr:]source_port
     websockify [options] --unix-target=FILE [source_addr:]source_port
     websockify [options] [source_addr:]source_port -- WRAP_COMMAND_LINE"""
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+#: upstream's --cert default: used when present, plain-only service when absent.
+DEFAULT_CERT = "self.pem"
+SSL_VERSIONS = ("default", "tlsv1_1", "tlsv1_2", "tlsv1_3")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -88,8 +97,48 @@ def build_parser() -> argparse.ArgumentParser:
     add("--wrap-port", type=_port, metavar="PORT",
         help="the wrapped program's port to relay to (default: its first listener)")
     add("--rebind", metavar="FILE", help="rebind.so to preload into the wrapped program")
+    _add_tls_options(add)
+    _add_access_options(add)
     add("addresses", nargs="*", help=argparse.SUPPRESS)
     return parser
+
+
+def _add_tls_options(add: Callable[..., object]) -> None:
+    add("--cert", metavar="FILE", help="TLS certificate (and key) in PEM for wss:// clients; "
+        f"default {DEFAULT_CERT}, and without that file only plain clients are served")
+    add("--key", metavar="FILE", help="the TLS key, if not in the --cert file")
+    add("--key-password", metavar="PASSWORD", help="password of an encrypted --key")
+    add("--ssl-only", action="store_true", help="refuse clients that do not speak TLS")
+    add("--ssl-version", choices=SSL_VERSIONS, default="default",
+        help="lowest TLS version accepted: " + ", ".join(SSL_VERSIONS))
+    add("--ssl-ciphers", metavar="CIPHERS", help="OpenSSL cipher list for TLS 1.2 and older")
+    add("--verify-client", action="store_true",
+        help="TLS clients must present a certificate signed by --cafile (or a system CA)")
+    add("--cafile", metavar="FILE", help="CA certificates that sign client certificates "
+        "(for --verify-client)")
+    add("--ssl-target", action="store_true", help="connect to the target with TLS, "
+        "verifying its certificate and host name")
+    add("--ssl-target-cafile", metavar="FILE",
+        help="CA certificates for the target's certificate (default: the system's)")
+    add("--ssl-target-no-verify", action="store_true",
+        help="accept any target certificate (e.g. a self-signed VNC server)")
+
+
+def _add_access_options(add: Callable[..., object]) -> None:
+    add("--token-plugin", metavar="CLASS", help="choose each connection's target by its token: "
+        "a class of websockify.token_plugins (TokenFile, TokenRedis …) or a dotted path")
+    add("--token-source", metavar="ARG", help="the argument the token plugin is built with")
+    add("--host-token", action="store_true",
+        help="the token is the Host header, not the token query parameter")
+    add("--target-config", metavar="FILE",
+        help="deprecated: same as --token-plugin TokenFile --token-source FILE")
+    add("--auth-plugin", metavar="CLASS", help="decide who may connect: a class of "
+        "websockify.auth_plugins (BasicHTTPAuth, ExpectOrigin, ClientCertCNAuth) or a dotted path")
+    add("--auth-source", metavar="ARG", help="the argument the auth plugin is built with")
+    add("--web-auth", action="store_true", help="the auth plugin also guards --web files")
+    add("--origin", action="append", default=[], metavar="ORIGIN",
+        help="only accept WebSocket clients whose Origin is ORIGIN (repeat, or separate "
+        "several with spaces), e.g. https://example.com")
 
 
 def parse(argv: Sequence[str], *, for_wsgi: bool = False) -> Settings:
@@ -130,8 +179,15 @@ def _refuse_server_options(opts: argparse.Namespace, wrap_command: list[str]) ->
 def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool) -> Settings:
     positional = list(opts.addresses)
     listen = None if for_wsgi else _listen(opts, positional)
-    if wrap_command or opts.unix_target:
-        target: Target | None = UnixAddress(opts.unix_target) if opts.unix_target else None
+    access = _access_settings(opts)
+    target: Target | None
+    if access.token_plugin is not None:
+        if wrap_command or opts.unix_target:
+            raise ConfigError("--token-plugin chooses the target: it excludes --unix-target "
+                              "and a wrapped program")
+        target = None
+    elif wrap_command or opts.unix_target:
+        target = UnixAddress(opts.unix_target) if opts.unix_target else None
         if wrap_command and opts.unix_target:
             raise ConfigError("--unix-target and a wrapped program exclude each other")
     elif not positional:
@@ -140,6 +196,13 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
         target = _tcp_address(positional.pop(0), "target", need_host=True)
     if positional:
         raise ConfigError(f"unexpected argument {positional[0]!r}")
+    if access.web_auth and not opts.web:
+        raise ConfigError("--web-auth needs --web")
+    if access.auth_plugin and access.auth_plugin.name.endswith("ClientCertCNAuth") and (
+            for_wsgi or not opts.verify_client):
+        raise ConfigError("ClientCertCNAuth checks the certificate that --verify-client "
+                          "requires" + (": only websockify's own server passes it on"
+                                        if for_wsgi else ": add --verify-client"))
     if opts.unix_listen_mode is not None and not opts.unix_listen:
         raise ConfigError("--unix-listen-mode needs --unix-listen")
     if opts.file_only and not opts.web:
@@ -174,6 +237,82 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
             max_message_size=opts.max_message_size,
             connect_timeout=opts.connect_timeout,
         ),
+        tls=_tls_settings(opts, for_wsgi),
+        target_tls=_target_tls_settings(opts),
+        access=access,
+    )
+
+
+def _tls_settings(opts: argparse.Namespace, for_wsgi: bool) -> TlsSettings | None:
+    """TLS for clients: on when --cert is given, or when the default self.pem exists."""
+    if for_wsgi:
+        given = [name for name in ("cert", "key", "key_password", "ssl_only", "verify_client",
+                                   "cafile", "ssl_ciphers") if getattr(opts, name)]
+        if given or opts.ssl_version != "default":
+            option = "--" + (given[0] if given else "ssl_version").replace("_", "-")
+            raise ConfigError(f"{option}: under a WSGI server, TLS is the WSGI server's "
+                              "(e.g. gunicorn --certfile/--keyfile)")
+        return None
+    for option, value in (("--key", opts.key), ("--key-password", opts.key_password),
+                          ("--verify-client", opts.verify_client),
+                          ("--ssl-ciphers", opts.ssl_ciphers), ("--cafile", opts.cafile)):
+        if value and not opts.cert and not os.path.exists(DEFAULT_CERT):
+            raise ConfigError(f"{option} needs a certificate: --cert FILE "
+                              f"({DEFAULT_CERT} not found)")
+    if opts.cafile and not opts.verify_client:
+        raise ConfigError("--cafile needs --verify-client (it checks client certificates)")
+    if opts.cert is None and not os.path.exists(DEFAULT_CERT):
+        if opts.ssl_only:
+            raise ConfigError(f"--ssl-only needs a certificate: --cert FILE "
+                              f"({DEFAULT_CERT} not found)")
+        return None  # upstream's behaviour: plain only (the server says so in its log)
+    cert = os.path.abspath(opts.cert or DEFAULT_CERT)
+    return TlsSettings(
+        cert=cert,
+        key=os.path.abspath(opts.key) if opts.key else None,
+        key_password=opts.key_password,
+        ssl_only=opts.ssl_only,
+        min_version=opts.ssl_version,
+        ciphers=opts.ssl_ciphers,
+        verify_client=opts.verify_client,
+        cafile=os.path.abspath(opts.cafile) if opts.cafile else None,
+    )
+
+
+def _target_tls_settings(opts: argparse.Namespace) -> TargetTlsSettings | None:
+    if not opts.ssl_target:
+        if opts.ssl_target_cafile or opts.ssl_target_no_verify:
+            raise ConfigError("--ssl-target-cafile and --ssl-target-no-verify need --ssl-target")
+        return None
+    if opts.ssl_target_cafile and opts.ssl_target_no_verify:
+        raise ConfigError("--ssl-target-cafile and --ssl-target-no-verify exclude each other")
+    cafile = os.path.abspath(opts.ssl_target_cafile) if opts.ssl_target_cafile else None
+    return TargetTlsSettings(verify=not opts.ssl_target_no_verify, cafile=cafile)
+
+
+def _access_settings(opts: argparse.Namespace) -> AccessSettings:
+    token_plugin = opts.token_plugin
+    token_source = opts.token_source
+    if opts.target_config:
+        if token_plugin:
+            raise ConfigError("--target-config and --token-plugin exclude each other")
+        token_plugin, token_source = "TokenFile", os.path.abspath(opts.target_config)
+    if token_source is not None and not token_plugin:
+        raise ConfigError("--token-source needs --token-plugin")
+    if opts.host_token and not token_plugin:
+        raise ConfigError("--host-token needs --token-plugin")
+    if opts.auth_source is not None and not opts.auth_plugin:
+        raise ConfigError("--auth-source needs --auth-plugin")
+    if opts.web_auth and not opts.auth_plugin:
+        raise ConfigError("--web-auth needs --auth-plugin")
+    origins = tuple(origin for value in opts.origin
+                    for origin in value.replace(",", " ").split())
+    return AccessSettings(
+        token_plugin=PluginSpec(token_plugin, token_source) if token_plugin else None,
+        host_token=opts.host_token,
+        auth_plugin=PluginSpec(opts.auth_plugin, opts.auth_source) if opts.auth_plugin else None,
+        web_auth=opts.web_auth,
+        origins=origins,
     )
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import gevent
 from gevent.pywsgi import WSGIHandler
 
+from websockify import tls
+from websockify.access import CLIENT_CN_KEY
 from websockify.errors import HandshakeError
 from websockify.http_headers import read_headers
 from websockify.protocol import handshake
@@ -102,6 +104,15 @@ class UpgradeHandler(WSGIHandler):
             self._deadline.close()
             self._deadline = None
 
+    def get_environ(self) -> dict[str, Any]:
+        environ: dict[str, Any] = super().get_environ()
+        if tls.is_tls(self.socket):  # TLS is per connection: one port serves both
+            environ["wsgi.url_scheme"] = "https"
+            common_name = tls.peer_common_name(self.socket)
+            if common_name is not None:
+                environ[CLIENT_CN_KEY] = common_name
+        return environ
+
     def run_application(self) -> None:
         headers = _lower_case_headers(self.headers)
         if not handshake.is_upgrade(headers):
@@ -138,6 +149,9 @@ class UpgradeHandler(WSGIHandler):
         try:
             body = self._read_body(handshake.body_length(request))
             upgrade = handshake.accept(request, body, self._app.handshake_options)
+            admit = getattr(self.application, "admit", None)
+            if admit is not None:
+                admit(self.environ)  # origin, token and auth: refused before the 101
         except HandshakeError as error:
             logger.info("%s: handshake refused (%d): %s", peer, error.status, error.reason)
             self._set_logged_status(f"{error.status} Refused", 0)
@@ -145,7 +159,7 @@ class UpgradeHandler(WSGIHandler):
             return None
         self.socket.sendall(upgrade.response)
         self._set_logged_status("101 Switching Protocols", len(upgrade.response))
-        leftover = take_buffered_input(self.rfile, self.socket)
+        leftover = take_buffered_input(self.rfile, self.socket) + tls.prepare_for_relay(self.socket)
         # At INFO the application's "connected to target" line says this too: one
         # line per connection opened, as formatting and writing each costs.
         logger.debug("%s: WebSocket %s, subprotocol %s", peer, upgrade.version,

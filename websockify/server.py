@@ -25,9 +25,10 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from websockify import listeners
 from websockify.app import WebsockifyApp, create_app
-from websockify.handler import UpgradeHandler
+from websockify.handler import UpgradeHandler, peer_name
 from websockify.launcher import WrappedProgram
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
+from websockify.tls import ServerTls, log_tls_configuration
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class WebsockifyServer(WSGIServer):
     """gevent's WSGIServer with the upgrade handler and a connection limit."""
 
     handler_class = UpgradeHandler
+    #: TLS for clients that open with a TLS hello (None: plain clients only).
+    tls: ServerTls | None = None
 
     def __init__(self, listener: socket.socket, app: WebsockifyApp, settings: Settings) -> None:
         super().__init__(
@@ -55,6 +58,7 @@ class WebsockifyServer(WSGIServer):
             error_log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.INFO),
         )
         self.max_connections = settings.limits.max_connections
+        self.handshake_timeout = settings.limits.handshake_timeout
         self.active_connections = 0
         self.last_active = time.monotonic()
 
@@ -68,6 +72,10 @@ class WebsockifyServer(WSGIServer):
             return
         self.active_connections += 1
         try:
+            if self.tls is not None:
+                sock = self.tls.accept(sock, peer_name(address), self.handshake_timeout)
+                if sock is None:
+                    return
             super().handle(sock, address)
         finally:
             self.active_connections -= 1
@@ -78,6 +86,7 @@ def run(settings: Settings) -> int:
     """Serve until told to stop; returns the process exit status."""
     settings = _fit_connection_limit(settings)
     assert settings.listen is not None, "cli gives websockify's own server an address"
+    tls = ServerTls(settings.tls) if settings.tls is not None else None
     listener = listeners.open_listener(
         settings.listen, prefer_ipv6=settings.prefer_ipv6, unix_mode=settings.unix_listen_mode,
     )
@@ -86,10 +95,14 @@ def run(settings: Settings) -> int:
     app = create_app(settings, program,
                      on_relay_end=(lambda: stopped.set(0)) if settings.run_once else None)
     server = WebsockifyServer(listener, app, settings)
+    server.tls = tls
     for signum in (signal.SIGTERM, signal.SIGINT):
         gevent.signal_handler(signum, _on_signal, signum, stopped)
+    if tls is not None:
+        gevent.signal_handler(signal.SIGHUP, tls.reload, "SIGHUP")
     server.start()
     logger.info("listening on %s", listeners.describe(listener))
+    log_tls_configuration(settings)
     if settings.target is not None:
         logger.info("relaying WebSocket connections to %s", settings.target)
     watchers = _start_exit_watchers(settings, server, stopped)

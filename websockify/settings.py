@@ -73,6 +73,54 @@ class WrapSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSettings:
+    """TLS for clients (``wss://``), told apart from plain clients by their first byte.
+
+    Paths are absolute.  ``key`` None means the key is in ``cert``;
+    ``min_version`` is upstream's ``--ssl-version`` name ("default", "tlsv1_1" …).
+    """
+
+    cert: str
+    key: str | None = None
+    key_password: str | None = None
+    ssl_only: bool = False
+    min_version: str = "default"
+    ciphers: str | None = None
+    verify_client: bool = False
+    cafile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TargetTlsSettings:
+    """TLS to the target (``--ssl-target``): verified against ``cafile`` or the system CAs."""
+
+    verify: bool = True
+    cafile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSpec:
+    """A plugin named on the command line: a class of websockify's module or a dotted path."""
+
+    name: str
+    source: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AccessSettings:
+    """Who may connect and where to: token plugin, auth plugin, allowed origins."""
+
+    token_plugin: PluginSpec | None = None
+    #: --host-token: the token is the Host header (without its port).
+    host_token: bool = False
+    auth_plugin: PluginSpec | None = None
+    #: --web-auth: the auth plugin also guards --web files.
+    web_auth: bool = False
+    #: --origin: the Origin header must be one of these (empty: any).
+    origins: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything one websockify process needs to run.
 
@@ -94,3 +142,8 @@ class Settings:
     verbose: bool = False
     log_file: str | None = None
     limits: Limits = field(default_factory=Limits)
+    #: None: plain clients only.
+    tls: TlsSettings | None = None
+    #: None: the target speaks plain TCP.
+    target_tls: TargetTlsSettings | None = None
+    access: AccessSettings = field(default_factory=AccessSettings)

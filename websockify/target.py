@@ -1,10 +1,11 @@
-"""Opening the connection to the target: a TCP address or a unix socket."""
+"""Opening the connection to the target: a TCP address or a unix socket, TLS optional."""
 
 from __future__ import annotations
 
 import errno
 import functools
 import socket as stdlib_socket
+import ssl
 
 from gevent import socket
 
@@ -12,20 +13,31 @@ from websockify.errors import TargetError
 from websockify.settings import Target, TcpAddress
 
 
-def connect(target: Target, timeout: float) -> socket.socket:
+def connect(target: Target, timeout: float,
+            tls: ssl.SSLContext | None = None) -> socket.socket:
     """Connect to ``target`` within ``timeout`` seconds; raises TargetError.
 
     TCP_NODELAY is set because the relay writes whole frames: delaying a small
     write only adds latency to interactive traffic such as VNC input events.
+    With ``tls`` (--ssl-target) a TCP target's TLS handshake, and its certificate
+    check against the target's host name, fall within the same ``timeout``.  Unix
+    targets are local and stay plain, as with upstream.
     """
     try:
         if isinstance(target, TcpAddress):
             sock = _connect_tcp(target, timeout)
             sock.setsockopt(stdlib_socket.IPPROTO_TCP, stdlib_socket.TCP_NODELAY, 1)
+            if tls is not None:
+                sock = _start_tls(sock, tls, target)
         else:
             sock = _connect_socket(stdlib_socket.AF_UNIX, target.path, timeout)
     except TimeoutError as exc:
         raise TargetError(f"target {target} did not accept within {timeout:g}s") from exc
+    except ssl.SSLCertVerificationError as exc:
+        raise TargetError(f"TLS to target {target} failed: certificate verify failed: "
+                          f"{exc.verify_message}") from exc
+    except ssl.SSLError as exc:
+        raise TargetError(f"TLS to target {target} failed: {exc.reason or exc}") from exc
     except OSError as exc:
         reason = exc.strerror or errno.errorcode.get(exc.errno or 0, str(exc))
         raise TargetError(f"cannot reach target {target}: {reason}") from exc
@@ -69,3 +81,12 @@ def _literal_family(host: str) -> int | None:
             continue
         return family
     return None
+
+
+def _start_tls(sock: socket.socket, context: ssl.SSLContext,
+               target: TcpAddress) -> socket.socket:
+    try:
+        return context.wrap_socket(sock, server_hostname=target.host)
+    except BaseException:
+        sock.close()
+        raise
