@@ -15,9 +15,11 @@ STAMP := $(VENV)/.installed
 -include mk/packaging.mk
 # TLS and the plugins: openssl and redis-server for their tests.
 -include mk/tls.mk
+# Operations: systemd and node for its tests.
+-include mk/ops.mk
 
 APT_PACKAGES := gcc libc6-dev iproute2 $(LAUNCHER_APT_PACKAGES) $(PACKAGING_APT_PACKAGES) \
-	$(TLS_APT_PACKAGES)
+	$(TLS_APT_PACKAGES) $(OPS_APT_PACKAGES)
 PIP_TEST_PACKAGES := $(LAUNCHER_PIP_PACKAGES) $(LIBRARY_PIP_PACKAGES)
 
 .PHONY: test venv system-packages lint typecheck pytest bench clean

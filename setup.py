@@ -123,7 +123,8 @@ EXTRAS = {
     "plugins": sorted({req for reqs in PLUGIN_EXTRAS.values() for req in reqs}),
     "test": ["pytest>=7", "pytest-timeout", "hypothesis", "websockets>=12",
              "gunicorn[gevent]>=21", "gevent-websocket>=0.10.1", "build", "ruff", "mypy",
-             *PLUGIN_EXTRAS["redis"], *PLUGIN_EXTRAS["jwt"], *PLUGIN_EXTRAS["tokenapi"]],
+             *PLUGIN_EXTRAS["redis"], *PLUGIN_EXTRAS["jwt"], *PLUGIN_EXTRAS["tokenapi"],
+             "prometheus_client"],
 }
 
 setup(

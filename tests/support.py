@@ -86,15 +86,16 @@ def echo(conn: socket.socket) -> None:
 class Websockify:
     """A websockify subprocess started from the command line, as a user would.
 
-    Its log goes to a file (never a pipe that could fill); ``port`` is read from
-    the "listening on" line.
+    ``program`` replaces ``python -m websockify`` (an installed websockify, run from
+    ``cwd`` outside the tree, or a launcher that execs it); ``pass_fds`` are
+    descriptors it inherits.  Its log goes to a file (never a pipe that could fill);
+    ``port`` is read from the "listening on" line.
     """
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,
                  wait_listening: bool = True, stdin: object = None,
-                 program: list[str] | None = None, cwd: Path = REPO) -> None:
-        """``program`` replaces ``python -m websockify`` (e.g. an installed websockify,
-        run from ``cwd`` outside the tree)."""
+                 program: list[str] | None = None, cwd: Path = REPO,
+                 pass_fds: tuple[int, ...] = ()) -> None:
         self.args = args
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
@@ -105,7 +106,7 @@ class Websockify:
         self.proc = subprocess.Popen(
             [*(program or [sys.executable, "-m", "websockify"]), *args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
-            cwd=cwd, env=full_env,
+            cwd=cwd, env=full_env, pass_fds=pass_fds,
         )
         self.port = 0
         if wait_listening:

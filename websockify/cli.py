@@ -16,14 +16,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from websockify import __version__
-from websockify.errors import ConfigError, WebsockifyError
+from websockify import __version__, daemon, logsetup, syslog, systemd
+from websockify.errors import (
+    EXIT_RUNTIME_FAILURE,
+    EXIT_STARTUP_FAILURE,
+    EXIT_USAGE,
+    ConfigError,
+    StartupError,
+    WebsockifyError,
+)
+from websockify.readiness import Readiness
 from websockify.settings import (
     MIB,
     AccessSettings,
     InheritedSocket,
     Limits,
     Listen,
+    Operations,
     PluginSpec,
     Settings,
     Target,
@@ -42,7 +51,6 @@ USAGE = """
     websockify [options] --unix-target=FILE [source_addr:]source_port
     websockify [options] [source_addr:]source_port -- WRAP_COMMAND_LINE"""
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 #: upstream's --cert default: used when present, plain-only service when absent.
 DEFAULT_CERT = "self.pem"
 SSL_VERSIONS = ("default", "tlsv1_1", "tlsv1_2", "tlsv1_3")
@@ -99,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--rebind", metavar="FILE", help="rebind.so to preload into the wrapped program")
     _add_tls_options(add)
     _add_access_options(add)
+    _add_operations_options(parser)
     add("addresses", nargs="*", help=argparse.SUPPRESS)
     return parser
 
@@ -141,6 +150,24 @@ def _add_access_options(add: Callable[..., object]) -> None:
         "several with spaces), e.g. https://example.com")
 
 
+def _add_operations_options(parser: argparse.ArgumentParser) -> None:
+    """How the process starts, runs and reports (systemd, CI, daemons, logs)."""
+    add = parser.add_argument
+    add("--socket-activation", action="store_true",
+        help="listen on the socket systemd passes (LISTEN_FDS), instead of source_port")
+    add("--port-file", metavar="FILE",
+        help="once listening, write the port (or unix socket path) to FILE")
+    add("-D", "--daemon", action="store_true",
+        help="run in the background; the command returns once it listens")
+    add("--pid-file", metavar="FILE", help="once listening, write the process id to FILE")
+    add("--syslog", metavar="SERVER",
+        help="also log to syslog: a UDP host:port or a local socket such as /dev/log")
+    add("--legacy-syslog", action="store_true",
+        help="with --syslog: upstream's older message form (RFC 3164) instead of RFC 5424")
+    add("--log-format", choices=logsetup.LOG_FORMATS, default="text",
+        help="text (default) or json: one JSON object per line")
+
+
 def parse(argv: Sequence[str], *, for_wsgi: bool = False) -> Settings:
     """Settings from a command line (without the program name); raises ConfigError.
 
@@ -169,6 +196,10 @@ def _refuse_server_options(opts: argparse.Namespace, wrap_command: list[str]) ->
         "--inetd": opts.inetd,
         "--prefer-ipv6": opts.prefer_ipv6,
         "--max-connections": opts.max_connections != Limits().max_connections,
+        "--socket-activation": opts.socket_activation,
+        "--port-file": bool(opts.port_file),
+        "--daemon": opts.daemon,
+        "--pid-file": bool(opts.pid_file),
     }
     for option, present in given.items():
         if present:
@@ -240,6 +271,7 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
         tls=_tls_settings(opts, for_wsgi),
         target_tls=_target_tls_settings(opts),
         access=access,
+        operations=_operations(opts),
     )
 
 
@@ -316,16 +348,56 @@ def _access_settings(opts: argparse.Namespace) -> AccessSettings:
     )
 
 
+def _operations(opts: argparse.Namespace) -> Operations:
+    for option, value in (("--port-file", opts.port_file), ("--pid-file", opts.pid_file),
+                          ("--syslog", opts.syslog)):
+        if value == "":
+            raise ConfigError(f"{option} needs a value")
+    if opts.legacy_syslog and not opts.syslog:
+        raise ConfigError("--legacy-syslog needs --syslog")
+    if opts.daemon and opts.inetd:
+        raise ConfigError("--daemon and --inetd exclude each other")
+    if opts.port_file and opts.pid_file and \
+            os.path.abspath(opts.port_file) == os.path.abspath(opts.pid_file):
+        raise ConfigError("--port-file and --pid-file name the same file")
+    try:
+        syslog_address = syslog.parse_address(opts.syslog) if opts.syslog else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return Operations(port_file=opts.port_file, pid_file=opts.pid_file, daemon=opts.daemon,
+                      syslog=syslog_address, legacy_syslog=opts.legacy_syslog,
+                      log_format=opts.log_format)
+
+
 def _listen(opts: argparse.Namespace, positional: list[str]) -> Listen:
     if opts.inetd and opts.unix_listen:
         raise ConfigError("--inetd and --unix-listen exclude each other")
+    if opts.socket_activation and (opts.inetd or opts.unix_listen):
+        raise ConfigError("--socket-activation excludes --inetd and --unix-listen")
     if opts.inetd:
         return InheritedSocket(sys.stdin.fileno())
+    if opts.socket_activation:
+        return _activated_socket()
     if opts.unix_listen:
         return UnixAddress(opts.unix_listen)
     if not positional:
         raise ConfigError("missing [source_addr:]source_port")
     return _tcp_address(positional.pop(0), "source", need_host=False)
+
+
+def _activated_socket() -> InheritedSocket:
+    sockets = systemd.listen_fds()
+    if not sockets:
+        raise ConfigError("--socket-activation: no socket was passed "
+                          "(LISTEN_FDS and LISTEN_PID do not name this process)")
+    if len(sockets) > 1:
+        names = ", ".join(sock.name for sock in sockets)
+        raise ConfigError(f"--socket-activation: {len(sockets)} sockets were passed ({names}); "
+                          "websockify listens on one: give its socket unit one Listen line")
+    if not systemd.is_listening(sockets[0].fd):
+        raise ConfigError(f"--socket-activation: fd {sockets[0].fd} is not a listening socket "
+                          "(the socket unit needs Accept=no)")
+    return InheritedSocket(sockets[0].fd)
 
 
 def _tcp_address(text: str, what: str, need_host: bool) -> TcpAddress:
@@ -379,34 +451,54 @@ def _octal_mode(text: str) -> int:
     return mode
 
 
-def setup_logging(verbose: bool, log_file: str | None) -> None:
-    """Log to stderr (and --log-file); -v shows debug lines."""
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
-    if log_file:
-        handlers.append(logging.FileHandler(log_file))
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format=LOG_FORMAT, handlers=handlers, force=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """The ``websockify`` command; returns the exit status."""
+    """The ``websockify`` command; returns the exit status (see errors.EXIT_*)."""
     try:
         settings = parse(sys.argv[1:] if argv is None else argv)
     except ConfigError as error:
         sys.stderr.write(f"websockify: error: {error} (see --help)\n")
-        return 2
+        return EXIT_USAGE
+    daemon_link = daemon.detach() if settings.operations.daemon else None
+    status = EXIT_RUNTIME_FAILURE
     try:
-        setup_logging(settings.verbose, settings.log_file)
+        status = _start(settings, daemon_link)
+    finally:
+        if daemon_link is not None:
+            daemon_link.failed(status)  # tells a still-waiting parent; no-op once ready
+    return status
+
+
+def _start(settings: Settings, daemon_link: daemon.DaemonLink | None) -> int:
+    try:
+        logsetup.configure(settings)
     except OSError as exc:
-        sys.stderr.write(f"websockify: error: --log-file: {exc.strerror or exc}\n")
-        return 2
+        sys.stderr.write(f"websockify: error: --log-file {settings.log_file}: "
+                         f"{exc.strerror or exc}\n")
+        return EXIT_STARTUP_FAILURE
+    except StartupError as error:
+        sys.stderr.write(f"websockify: error: {error}\n")
+        return EXIT_STARTUP_FAILURE
+    ops = settings.operations
+    readiness = Readiness(port_file=ops.port_file, pid_file=ops.pid_file,
+                          notifier=systemd.Notifier.from_environment(), daemon=daemon_link,
+                          json_lines=ops.log_format == "json")
+    try:
+        return _serve(settings, readiness)
+    finally:
+        readiness.close()
+
+
+def _serve(settings: Settings, readiness: Readiness) -> int:
     from websockify import server
 
     try:
-        return server.run(settings)
+        return server.run(settings, readiness)
     except ConfigError as error:
         logger.error("%s", error)
-        return 2
+        return EXIT_USAGE
+    except StartupError as error:
+        logger.error("%s", error)
+        return EXIT_STARTUP_FAILURE
     except WebsockifyError as error:
         logger.error("%s", error)
-        return 1
+        return EXIT_RUNTIME_FAILURE

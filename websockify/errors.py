@@ -4,18 +4,35 @@
 
     WebsockifyError                 anything websockify raises on purpose
     ├── ConfigError                 a bad command line or setting (exit status 2)
+    ├── StartupError                cannot start serving: port in use, … (exit status 3)
+    │   └── LauncherError           the wrapped program cannot be started or followed
     ├── ProtocolError               the peer broke the WebSocket protocol
     │   ├── HandshakeError          refused before the upgrade: carries the HTTP status
-    │   └── FrameError              refused after the upgrade: carries the close code
-    ├── TargetError                 the target cannot be reached
-    └── LauncherError               the wrapped program cannot be started or followed
+    │   ├── FrameError              refused after the upgrade: carries the close code
+    │   └── ProxyHeaderError        a malformed PROXY protocol header from a front end
+    └── TargetError                 the target cannot be reached
 
 Errors of the peer (``ProtocolError``) are answered and logged in one line; anything
 outside this tree is our own fault and is logged with a traceback.  Messages of
 ``ProtocolError`` go on the wire, so they never carry internal details.
+
+The exit statuses of the ``websockify`` command are defined here, in one place.
+A wrapped program's own exit status is passed through unchanged (``--wrap-mode
+exit``), so a script that must tell them apart should not wrap a program that
+exits with 1, 2 or 3.
 """
 
 from __future__ import annotations
+
+#: Stopped on request (SIGTERM, SIGINT, --run-once, --timeout, --idle-timeout).
+EXIT_OK = 0
+#: Failed after it was serving (an unexpected error while running).
+EXIT_RUNTIME_FAILURE = 1
+#: The command line is wrong (argparse's convention, and upstream's).
+EXIT_USAGE = 2
+#: Could not start serving: the port is in use, the address is not ours, the
+#: wrapped program cannot be started, a log, port or pid file cannot be written …
+EXIT_STARTUP_FAILURE = 3
 
 
 class WebsockifyError(Exception):
@@ -24,6 +41,10 @@ class WebsockifyError(Exception):
 
 class ConfigError(WebsockifyError):
     """The command line or the settings are wrong; the user must fix them."""
+
+
+class StartupError(WebsockifyError):
+    """The settings are valid but the server cannot start with them here and now."""
 
 
 class ProtocolError(WebsockifyError):
@@ -62,5 +83,9 @@ class TargetError(WebsockifyError):
     """The target (TCP, unix socket or wrapped program) cannot be reached."""
 
 
-class LauncherError(WebsockifyError):
+class ProxyHeaderError(ProtocolError):
+    """A PROXY protocol header (v1 or v2) is malformed or truncated."""
+
+
+class LauncherError(StartupError):
     """The wrapped program cannot be started, or rebind.so cannot be found."""

@@ -9,7 +9,7 @@ import stat
 
 from gevent import socket
 
-from websockify.errors import ConfigError
+from websockify.errors import ConfigError, StartupError
 from websockify.settings import InheritedSocket, Listen, TcpAddress, UnixAddress
 
 BACKLOG = 1024
@@ -17,7 +17,7 @@ BACKLOG = 1024
 
 def open_listener(listen: Listen, *, prefer_ipv6: bool = False,
                   unix_mode: int = 0o600) -> socket.socket:
-    """A bound, listening socket for ``listen``; raises ConfigError with the reason."""
+    """A bound, listening socket for ``listen``; raises StartupError with the reason."""
     try:
         if isinstance(listen, TcpAddress):
             return _tcp(listen, prefer_ipv6)
@@ -25,7 +25,7 @@ def open_listener(listen: Listen, *, prefer_ipv6: bool = False,
             return _unix(listen, unix_mode)
         return _inherited(listen)
     except OSError as exc:
-        raise ConfigError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
+        raise StartupError(f"cannot listen on {listen}: {exc.strerror or exc}") from exc
 
 
 def describe(sock: socket.socket) -> str:

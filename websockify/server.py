@@ -27,6 +27,7 @@ from websockify import listeners
 from websockify.app import WebsockifyApp, create_app
 from websockify.handler import UpgradeHandler, peer_name
 from websockify.launcher import WrappedProgram
+from websockify.readiness import Readiness
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
 from websockify.tls import ServerTls, log_tls_configuration
 
@@ -82,8 +83,12 @@ class WebsockifyServer(WSGIServer):
             self.last_active = time.monotonic()
 
 
-def run(settings: Settings) -> int:
-    """Serve until told to stop; returns the process exit status."""
+def run(settings: Settings, readiness: Readiness | None = None) -> int:
+    """Serve until told to stop; returns the process exit status.
+
+    ``readiness`` is told once the server listens and when it begins to stop.
+    """
+    readiness = readiness or Readiness()
     settings = _fit_connection_limit(settings)
     assert settings.listen is not None, "cli gives websockify's own server an address"
     tls = ServerTls(settings.tls) if settings.tls is not None else None
@@ -107,8 +112,10 @@ def run(settings: Settings) -> int:
         logger.info("relaying WebSocket connections to %s", settings.target)
     watchers = _start_exit_watchers(settings, server, stopped)
     try:
+        readiness.ready(listener, listeners.describe(listener))
         status: int = stopped.get()
     finally:
+        readiness.stopping()
         for watcher in watchers:
             watcher.kill(block=False)
         _shut_down(server, app, program, settings)
@@ -198,7 +205,7 @@ def _fit_connection_limit(settings: Settings) -> Settings:
     fitting = max(1, (soft - RESERVED_FDS) // 2)
     if limits.max_connections > fitting:
         explicit = limits.max_connections != Limits().max_connections
-        level = logging.WARNING if explicit else logging.DEBUG
+        level = logging.WARNING if explicit else logging.INFO
         logger.log(level, "--max-connections lowered from %d to %d to fit the open-files "
                    "limit %d", limits.max_connections, fitting, soft)
         return dataclasses.replace(

@@ -121,6 +121,24 @@ class AccessSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Operations:
+    """How the process runs and reports, apart from what it serves."""
+
+    #: --port-file: where to write the port (or unix path) once listening.
+    port_file: str | None = None
+    #: --pid-file: where to write our pid once listening.
+    pid_file: str | None = None
+    #: -D/--daemon: detach from the terminal before serving.
+    daemon: bool = False
+    #: --syslog: (host, port) for UDP or a unix datagram socket's path.
+    syslog: tuple[str, int] | str | None = None
+    #: --legacy-syslog: upstream's RFC 3164 form instead of RFC 5424.
+    legacy_syslog: bool = False
+    #: --log-format: "text" or "json".
+    log_format: str = "text"
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Everything one websockify process needs to run.
 
@@ -147,3 +165,4 @@ class Settings:
     #: None: the target speaks plain TCP.
     target_tls: TargetTlsSettings | None = None
     access: AccessSettings = field(default_factory=AccessSettings)
+    operations: Operations = field(default_factory=Operations)
