@@ -1,0 +1,472 @@
+"""One relayed WebSocket connection as a state machine, without sockets or clocks.
+
+In the manner of h11's ``Connection`` and websockets' ``Protocol``: the I/O layer
+(:mod:`websockify.relay`) feeds it what happened and does what it asks.
+
+Inputs: :meth:`Connection.client_data`, :meth:`~Connection.client_eof`,
+:meth:`~Connection.client_lost`, the same three for the target,
+:meth:`~Connection.tick` (the clock) and :meth:`~Connection.shutdown`.
+
+Outputs, read after every input:
+
+* ``to_client`` / ``to_target``: pieces to send, in order.  The I/O layer sends
+  what the socket takes and reports it with :meth:`~Connection.client_sent` /
+  :meth:`~Connection.target_sent`, so the counters count delivered bytes only.
+* ``read_client`` / ``read_target``: whether that side should be read now.
+* ``shut_client`` / ``shut_target``: all output to that side is out; half-close it
+  (``shutdown(SHUT_WR)``) and report it with :meth:`~Connection.client_shut` /
+  :meth:`~Connection.target_shut`.  The sockets are still read until their EOF, so
+  none is closed with unread input (the kernel would answer with a reset and drop
+  what it had not sent yet).
+* ``deadline``: when :meth:`~Connection.tick` must be called next (None: never).
+* ``done``, ``ending`` (one reason, one close code) and ``counters``.
+
+Backpressure: a side is read only while the output it feeds is empty, so each
+direction holds at most one read's worth.  The client is not read either while
+a pong of ours waits for it: a client that pings without reading cannot make
+the server queue replies.
+
+States, with every transition in :data:`TRANSITIONS`::
+
+    OPEN ──we close (target ended, heartbeat, shutdown)──▶ CLOSING_BY_US
+      │  ──the client's Close────────────────────────────▶ CLOSING_BY_CLIENT
+      │  ──protocol violation, client EOF or reset───────▶ DRAINING
+    CLOSING_BY_US ──the client's Close, violation, EOF──▶ DRAINING
+    CLOSING_BY_CLIENT ──our answer delivered, EOF───────▶ DRAINING
+    DRAINING ──all delivered, both sides at EOF─────────▶ CLOSED
+    any but CLOSED ──no progress for CLOSE_TIMEOUT──────▶ CLOSED
+
+While closing, client data is still relayed to the target until the client's
+Close (a target that sent EOF may still read); target data is read and dropped
+(no data frame may follow our Close).  ``CLOSE_TIMEOUT`` counts from the last
+byte delivered either way, so a client that reads the tail of a stream slowly
+gets all of it; one that reads nothing is let go, and the ending says how much
+was not delivered.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong, Violation
+
+#: Seconds without progress (a byte delivered either way) before a closing
+#: connection is given up.  The check is lazy: it fires 1 to 2 times this late.
+CLOSE_TIMEOUT = 2.0
+#: Close code for an ending without a Close frame (RFC 6455 section 7.1.5).
+NO_CLOSE_FRAME = 1006
+#: ``deadline`` value asking for a tick at once (closing started; the time is unknown here).
+_NOW = float("-inf")
+
+
+class State(enum.Enum):
+    """Where the connection is in its life."""
+
+    OPEN = "open"
+    CLOSING_BY_US = "closing by us"
+    CLOSING_BY_CLIENT = "closing by the client"
+    DRAINING = "draining"
+    CLOSED = "closed"
+
+
+class Trigger(enum.Enum):
+    """What moves the connection from one state to the next."""
+
+    WE_CLOSE = "we send Close"
+    CLIENT_CLOSE = "the client's Close"
+    VIOLATION = "protocol violation"
+    CLIENT_GONE = "client EOF or reset"
+    ANSWER_SENT = "our answer to the client's Close is delivered"
+    FINISHED = "all delivered, both sides at EOF"
+    TIMEOUT = "no progress while closing"
+
+
+#: Every transition.  A trigger not listed for a state changes nothing (a second
+#: reason to close, a shutdown while closing).
+TRANSITIONS: dict[tuple[State, Trigger], State] = {
+    (State.OPEN, Trigger.WE_CLOSE): State.CLOSING_BY_US,
+    (State.OPEN, Trigger.CLIENT_CLOSE): State.CLOSING_BY_CLIENT,
+    (State.OPEN, Trigger.VIOLATION): State.DRAINING,
+    (State.OPEN, Trigger.CLIENT_GONE): State.DRAINING,
+    (State.CLOSING_BY_US, Trigger.CLIENT_CLOSE): State.DRAINING,
+    (State.CLOSING_BY_US, Trigger.VIOLATION): State.DRAINING,
+    (State.CLOSING_BY_US, Trigger.CLIENT_GONE): State.DRAINING,
+    (State.CLOSING_BY_US, Trigger.TIMEOUT): State.CLOSED,
+    (State.CLOSING_BY_CLIENT, Trigger.ANSWER_SENT): State.DRAINING,
+    (State.CLOSING_BY_CLIENT, Trigger.CLIENT_GONE): State.DRAINING,
+    (State.CLOSING_BY_CLIENT, Trigger.TIMEOUT): State.CLOSED,
+    (State.DRAINING, Trigger.FINISHED): State.CLOSED,
+    (State.DRAINING, Trigger.TIMEOUT): State.CLOSED,
+}
+
+
+class Party(enum.Enum):
+    """Who ended the connection."""
+
+    CLIENT = "client"
+    TARGET = "target"
+    SERVER = "server"
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """Why a connection ended: the first cause, and the one close code it got.
+
+    ``close_code`` is the code of the Close we sent (or answered with), or 1006
+    when the client left without one.
+    """
+
+    reason: str
+    close_code: int
+    by: Party
+
+
+@dataclass(slots=True)
+class Counters:
+    """What one connection moved, for the log line, the access log and metrics."""
+
+    started: float
+    ended: float | None = None
+    #: Wire bytes read from the client, and delivered to it.
+    client_bytes_received: int = 0
+    client_bytes_sent: int = 0
+    #: Bytes read from the target, and delivered to it.
+    target_bytes_received: int = 0
+    target_bytes_sent: int = 0
+    #: Target bytes whose frames reached the client whole.
+    payload_bytes_to_client: int = 0
+    frames_from_client: int = 0
+    frames_to_client: int = 0
+    close_code_sent: int | None = None
+    close_code_received: int | None = None
+    #: Bytes that were given up at the end (the side left or stopped reading).
+    undelivered_to_client: int = 0
+    undelivered_to_target: int = 0
+    #: The closing handshake or the drain was given up (CLOSE_TIMEOUT without progress).
+    close_timed_out: bool = False
+
+
+class Connection:
+    """The life of one client ↔ target connection; see the module docstring."""
+
+    def __init__(self, codec: Codec, now: float, heartbeat: float = 0.0) -> None:
+        self._codec = codec
+        self.state = State.OPEN
+        self.counters = Counters(started=now)
+        self.ending: Ending | None = None
+        self.to_client: list[Buffer] = []
+        self.to_target: list[Buffer] = []
+        self.read_client = True
+        self.read_target = True
+        self.shut_client = False
+        self.shut_target = False
+        self.done = False
+        # What each socket has done; "gone" means reset or given up.
+        self._client_eof = self._client_gone = self._client_was_shut = False
+        self._target_eof = self._target_gone = self._target_was_shut = False
+        #: The buffer ``target_data`` last lent us: pieces still in it must be copied
+        #: before the caller reads into it again.
+        self._lent: object = None
+        #: The data frame waiting in ``to_client``: its payload size and where it ends
+        #: in the client's output stream (at most one: the target is read only when
+        #: ``to_client`` is empty).
+        self._data_payload = 0
+        self._data_end = 0
+        self._client_queued = 0  # wire bytes ever queued for the client
+        self._pong_end = 0  # where the last pong ends in that stream
+        # Heartbeat: a ping is outstanding until any byte comes from the client.
+        self._heartbeat = heartbeat if codec.supports_ping else 0.0
+        self._next_ping = now + self._heartbeat if self._heartbeat else None
+        self._ping_end: int | None = None
+        self._paused_since_ping = False
+        # Close timeout: set when closing starts, extended while bytes move.
+        self._give_up_at: float | None = None
+        self._progressed = False
+        self.deadline: float | None = self._next_ping
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def client_data(self, data: Buffer) -> None:
+        """Bytes from the client (only read during the call)."""
+        self.counters.client_bytes_received += len(data)
+        self._ping_end = None  # any byte is a sign of life
+        if self.state is State.OPEN or self.state is State.CLOSING_BY_US:
+            for event in self._codec.receive(data):
+                if type(event) is Data:
+                    self.to_target.append(event.payload)
+                elif type(event) is Ping:
+                    if self.state is State.OPEN:
+                        self._queue_client(self._codec.encode_pong(event.payload))
+                        self._pong_end = self._client_queued
+                elif type(event) is Close:
+                    self._on_client_close(event)
+                    break
+                elif type(event) is Violation:
+                    self._on_violation(event)
+                    break
+                else:
+                    assert type(event) is Pong
+            self.counters.frames_from_client = self._codec.frames_received
+            if self._target_gone and self.to_target:
+                self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
+                self.to_target.clear()
+        # Else the conversation is over: the input is read only to reach the EOF.
+        self._refresh()
+
+    def client_eof(self) -> None:
+        """The client closed its side of the TCP connection."""
+        self._client_eof = True
+        self._end("client hung up without a Close", NO_CLOSE_FRAME, Party.CLIENT)
+        self._move(Trigger.CLIENT_GONE)
+        self._refresh()
+
+    def client_lost(self, why: str) -> None:
+        """The client's socket failed (reset): nothing more can go to it."""
+        self._client_gone = True
+        self._end(f"client connection lost ({why})", NO_CLOSE_FRAME, Party.CLIENT)
+        self._drop_client_output()
+        self._move(Trigger.CLIENT_GONE)
+        self._refresh()
+
+    def target_data(self, data: Buffer) -> None:
+        """Bytes from the target; ``data`` is lent until the next ``client_sent``."""
+        size = len(data)
+        self.counters.target_bytes_received += size
+        if self.state is State.OPEN:
+            self._lent = data.obj if type(data) is memoryview else None
+            pieces = self._codec.encode_data(data)
+            self.to_client.extend(pieces)
+            for piece in pieces:
+                self._client_queued += len(piece)
+            self._data_payload = size
+            self._data_end = self._client_queued
+            self.counters.frames_to_client += 1
+            self.read_target = False
+        # Else our Close is queued: no data frame may follow it; read only to the EOF.
+
+    def target_eof(self) -> None:
+        """The target closed its side: the client gets Close 1000 after the data."""
+        self._target_eof = True
+        self._we_close("target closed the connection", 1000, "", Party.TARGET)
+        self._refresh()
+
+    def target_lost(self, why: str) -> None:
+        """The target's socket failed: the client gets Close 1011."""
+        self._target_gone = True
+        self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
+        self.to_target.clear()
+        self._we_close(f"target connection lost ({why})", 1011, "target connection lost",
+                       Party.TARGET)
+        self._refresh()
+
+    def shutdown(self, code: int, reason: str) -> None:
+        """End from outside (the server stops): Close ``code`` with ``reason``."""
+        self._we_close(reason, code, reason, Party.SERVER)
+        self._refresh()
+
+    def tick(self, now: float) -> None:
+        """The clock: heartbeats and the close timeout.  Call it at ``deadline``."""
+        if self._next_ping is not None and now >= self._next_ping:
+            self._heartbeat_due(now)
+        if self._give_up_at is not None and now >= self._give_up_at:
+            if self._progressed or self._give_up_at is _NOW:
+                self._progressed = False
+                self._give_up_at = now + CLOSE_TIMEOUT
+            else:
+                self.counters.close_timed_out = True
+                self._move(Trigger.TIMEOUT)
+        self._refresh()
+
+    # -- reports of the I/O layer ------------------------------------------------------
+
+    def client_sent(self, size: int) -> None:
+        """The client's socket took ``size`` bytes from the front of ``to_client``."""
+        counters = self.counters
+        counters.client_bytes_sent += size
+        if size:
+            self._progressed = True
+            _consume(self.to_client, size, self._lent)
+            if self._data_payload and counters.client_bytes_sent >= self._data_end:
+                counters.payload_bytes_to_client += self._data_payload
+                self._data_payload = 0
+        if not self.to_client:
+            self._refresh()
+
+    def target_sent(self, size: int) -> None:
+        """The target's socket took ``size`` bytes from the front of ``to_target``."""
+        self.counters.target_bytes_sent += size
+        if size:
+            self._progressed = True
+            _consume(self.to_target, size, None)
+        if not self.to_target:
+            self._refresh()
+
+    def client_shut(self) -> None:
+        """The client's socket was half-closed as ``shut_client`` asked."""
+        self._client_was_shut = True
+        self._refresh()
+
+    def target_shut(self) -> None:
+        """The target's socket was half-closed as ``shut_target`` asked."""
+        self._target_was_shut = True
+        self._refresh()
+
+    @property
+    def client_connected(self) -> bool:
+        """The client may still send: worth watching for it leaving while not read."""
+        return not (self._client_eof or self._client_gone)
+
+    # -- the machine ------------------------------------------------------------------
+
+    def _move(self, trigger: Trigger) -> bool:
+        new = TRANSITIONS.get((self.state, trigger))
+        if new is None:
+            return False
+        self.state = new
+        if new is State.CLOSED:
+            self._finish()
+        elif self._give_up_at is None:
+            self._give_up_at = _NOW  # the next tick, at once, starts the close timeout
+        return True
+
+    def _end(self, reason: str, code: int, by: Party) -> None:
+        """Record the first cause of the ending; later ones are consequences."""
+        if self.ending is None:
+            self.ending = Ending(reason, code, by)
+
+    def _we_close(self, reason: str, code: int, wire_reason: str, by: Party) -> None:
+        if self.state is not State.OPEN:
+            return
+        self._end(reason, code, by)
+        self._queue_close(code, wire_reason)
+        self._move(Trigger.WE_CLOSE)
+
+    def _on_client_close(self, event: Close) -> None:
+        code = event.code if event.code is not None else 1000
+        self.counters.close_code_received = event.code
+        self._end(f"client sent Close {event.code if event.code is not None else '(no code)'}",
+                  code, Party.CLIENT)
+        self._queue_close(code, "")  # no-op when ours went first
+        self._move(Trigger.CLIENT_CLOSE)
+
+    def _on_violation(self, event: Violation) -> None:
+        self._end(f"protocol error: {event.reason} (close {event.close_code})",
+                  event.close_code, Party.CLIENT)
+        self._queue_close(event.close_code, event.reason)
+        self._move(Trigger.VIOLATION)
+
+    def _queue_close(self, code: int, reason: str) -> None:
+        if self.counters.close_code_sent is None and not self._client_gone:
+            self.counters.close_code_sent = code
+            self._queue_client(self._codec.encode_close(code, reason))
+
+    def _queue_client(self, frame: bytes) -> None:
+        self.to_client.append(frame)
+        self._client_queued += len(frame)
+        self.counters.frames_to_client += 1
+
+    def _drop_client_output(self) -> None:
+        self.counters.undelivered_to_client += sum(len(piece) for piece in self.to_client)
+        self.to_client.clear()
+        self._data_payload = 0
+
+    def _heartbeat_due(self, now: float) -> None:
+        """Ping; close with 1011 when the last ping got no byte back.
+
+        Only judged when the ping reached the socket and the client was read all
+        the while since: a pong we chose not to read is not a missing pong.
+        """
+        self._next_ping = now + self._heartbeat
+        if self.state is not State.OPEN:
+            self._next_ping = None
+            return
+        if self._ping_end is not None:
+            delivered = self.counters.client_bytes_sent >= self._ping_end
+            if delivered and not self._paused_since_ping:
+                self._next_ping = None
+                self._we_close(f"no pong within {self._heartbeat:g}s", 1011,
+                               "heartbeat timeout", Party.SERVER)
+                return
+            self._paused_since_ping = not self.read_client
+            return  # not judged yet: wait one more period
+        self._queue_client(self._codec.encode_ping(b""))
+        self._ping_end = self._client_queued
+        self._paused_since_ping = False
+
+    def _refresh(self) -> None:
+        """Recompute what the I/O layer should do; move on when a phase is over."""
+        state = self.state
+        if state is State.OPEN:
+            self.read_client = not (self.to_target or self._client_eof or self._client_gone
+                                    or self._client_queued_pong())
+            self.read_target = not (self.to_client or self._target_eof or self._target_gone)
+            if not self.read_client and self._ping_end is not None:
+                self._paused_since_ping = True
+        elif state is State.CLOSED:
+            self.read_client = self.read_target = False
+            self.shut_client = self.shut_target = False
+        else:
+            if state is State.CLOSING_BY_CLIENT and not self.to_client:
+                self._move(Trigger.ANSWER_SENT)
+                state = self.state
+            relaying = state is State.CLOSING_BY_US
+            client_open = self.client_connected
+            target_open = not (self._target_eof or self._target_gone)
+            # While closing by us the client's data still goes to the target
+            # (backpressure as before); otherwise its input is read to the EOF.
+            self.read_client = client_open and not (relaying and self.to_target)
+            self.read_target = target_open  # dropped: nothing may follow our Close
+            self.shut_client = (state is State.DRAINING and not self.to_client
+                                and not self._client_was_shut and not self._client_gone)
+            self.shut_target = (not relaying and not self.to_target and not self._target_was_shut
+                                and not self._target_gone)
+            if state is State.DRAINING and not self.to_client and not self.to_target \
+                    and (self._client_was_shut or self._client_gone) and not client_open \
+                    and (self._target_was_shut or self._target_gone) and not target_open:
+                self._move(Trigger.FINISHED)
+        if self.state is State.CLOSED:
+            self.read_client = self.read_target = False
+            self.shut_client = self.shut_target = False
+        self._update_deadline()
+
+    def _client_queued_pong(self) -> bool:
+        return self._pong_end > self.counters.client_bytes_sent
+
+    def _update_deadline(self) -> None:
+        candidates = [t for t in (self._next_ping, self._give_up_at) if t is not None]
+        self.deadline = min(candidates) if candidates else None
+
+    def _finish(self) -> None:
+        self.done = True
+        self._next_ping = self._give_up_at = None
+        if not self._client_gone:
+            self._drop_client_output()
+        if not self._target_gone:
+            self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
+            self.to_target.clear()
+
+
+def _consume(pieces: list[Buffer], size: int, lent: object) -> None:
+    """Drop ``size`` sent bytes from the front of ``pieces``; own what stays.
+
+    What stays waits for the socket, and a piece inside the buffer the caller lent
+    (the relay's one read buffer, shared by every connection of the process) would
+    change under it with the next read: such pieces are copied.
+    """
+    index = 0
+    for piece in pieces:
+        length = len(piece)
+        if size < length:
+            break
+        size -= length
+        index += 1
+    del pieces[:index]
+    if not pieces:
+        return
+    if size:
+        pieces[0] = memoryview(pieces[0])[size:]
+    if lent is not None:
+        for position, piece in enumerate(pieces):
+            if type(piece) is memoryview and piece.obj is lent:
+                pieces[position] = bytes(piece)
