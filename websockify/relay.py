@@ -23,9 +23,12 @@ noticed without reading (and so without buffering) its data.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import select
 import socket as stdlib_socket
+import struct
+import termios
 import time
 from typing import Any
 
@@ -34,7 +37,7 @@ from gevent import get_hub, getcurrent, socket
 
 from websockify.client import ClientConnection
 from websockify.protocol.codec import Buffer
-from websockify.protocol.connection import CLOSE_TIMEOUT, Connection
+from websockify.protocol.connection import CLOSE_TIMEOUT, Connection, State
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +180,10 @@ class Relay:
                     self._probe_client()
                 if reasons & _DEADLINE:
                     timer_at = None  # fired: a new one is made for the next deadline
-                    conn.tick(time.monotonic())
+                    in_flight = 0
+                    if conn.state is not State.OPEN:
+                        in_flight = _unsent(client) + _unsent(target)
+                    conn.tick(time.monotonic(), in_flight)
                 if reasons & _REQUEST and self._request is not None:
                     conn.shutdown(*self._request)
                     self._request = None
@@ -192,10 +198,13 @@ class Relay:
             probe.close()
             if timer is not None:
                 timer.close()
+            stranded = 0
+            if conn.counters.close_timed_out:
+                stranded = _unsent(client) + _unsent(target)
             _close(target)
             _close(client)
             conn.counters.ended = time.monotonic()
-            self._log_ending()
+            self._log_ending(stranded)
 
     def close(self, code: int, reason: str) -> None:
         """End the connection from another greenlet (server shutdown): Close ``code``."""
@@ -259,7 +268,7 @@ class Relay:
         else:
             self.connection.client_eof()
 
-    def _log_ending(self) -> None:
+    def _log_ending(self, stranded: int) -> None:
         conn = self.connection
         counters = conn.counters
         ending = conn.ending
@@ -272,6 +281,8 @@ class Relay:
             notes += f"; {counters.undelivered_to_client} bytes NOT delivered to the client"
         if counters.close_timed_out:
             notes += f"; closing gave up after {CLOSE_TIMEOUT:g}s without progress"
+            if stranded:
+                notes += f", {stranded} bytes sent but never taken by the peers"
         level = logging.WARNING if code in (1002, 1007, 1009) else logging.INFO
         logger.log(level, "%s: %s (close %d; %d bytes to target, %d to client%s)",
                    self._peer, reason, code, counters.target_bytes_sent,
@@ -286,6 +297,16 @@ def _send(sock: socket.socket, pieces: list[Buffer]) -> int:
         return sock.sendmsg(pieces[:MAX_PIECES])
     except BlockingIOError:
         return 0
+
+
+def _unsent(sock: socket.socket) -> int:
+    """Bytes the kernel holds for the peer (sent, not yet acknowledged or read)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    (count,) = struct.unpack("i", raw)
+    return int(count)
 
 
 def _shutdown(sock: socket.socket) -> None:

@@ -183,6 +183,7 @@ class Connection:
         # Close timeout: set when closing starts, extended while bytes move.
         self._give_up_at: float | None = None
         self._progressed = False
+        self._in_flight = 0
         self.deadline: float | None = self._next_ping
 
     # -- inputs ------------------------------------------------------------------------
@@ -192,21 +193,24 @@ class Connection:
         self.counters.client_bytes_received += len(data)
         self._ping_end = None  # any byte is a sign of life
         if self.state is State.OPEN or self.state is State.CLOSING_BY_US:
+            pongs: list[bytes] = []
             for event in self._codec.receive(data):
                 if type(event) is Data:
                     self.to_target.append(event.payload)
                 elif type(event) is Ping:
-                    if self.state is State.OPEN:
-                        self._queue_client(self._codec.encode_pong(event.payload))
-                        self._pong_end = self._client_queued
+                    pongs.append(self._codec.encode_pong(event.payload))
                 elif type(event) is Close:
+                    self._send_pongs(pongs)
                     self._on_client_close(event)
                     break
                 elif type(event) is Violation:
+                    self._send_pongs(pongs)
                     self._on_violation(event)
                     break
                 else:
                     assert type(event) is Pong
+            else:
+                self._send_pongs(pongs)
             self.counters.frames_from_client = self._codec.frames_received
             if self._target_gone and self.to_target:
                 self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
@@ -265,12 +269,18 @@ class Connection:
         self._we_close(reason, code, reason, Party.SERVER)
         self._refresh()
 
-    def tick(self, now: float) -> None:
-        """The clock: heartbeats and the close timeout.  Call it at ``deadline``."""
+    def tick(self, now: float, in_flight: int = 0) -> None:
+        """The clock: heartbeats and the close timeout.  Call it at ``deadline``.
+
+        ``in_flight``: bytes the kernel still holds for the peers (sent, not yet
+        taken).  While closing, that queue shrinking is progress too.
+        """
         if self._next_ping is not None and now >= self._next_ping:
             self._heartbeat_due(now)
         if self._give_up_at is not None and now >= self._give_up_at:
-            if self._progressed or self._give_up_at is _NOW:
+            draining_kernel = in_flight < self._in_flight
+            self._in_flight = in_flight
+            if self._progressed or draining_kernel or self._give_up_at is _NOW:
                 self._progressed = False
                 self._give_up_at = now + CLOSE_TIMEOUT
             else:
@@ -361,10 +371,17 @@ class Connection:
             self.counters.close_code_sent = code
             self._queue_client(self._codec.encode_close(code, reason))
 
-    def _queue_client(self, frame: bytes) -> None:
+    def _queue_client(self, frame: bytes, frames: int = 1) -> None:
         self.to_client.append(frame)
         self._client_queued += len(frame)
-        self.counters.frames_to_client += 1
+        self.counters.frames_to_client += frames
+
+    def _send_pongs(self, pongs: list[bytes]) -> None:
+        """The answers to one read's pings, as one piece; the client is not read
+        until they are delivered, so a ping flood queues one read's worth at most."""
+        if pongs and self.state is State.OPEN:
+            self._queue_client(b"".join(pongs), len(pongs))
+            self._pong_end = self._client_queued
 
     def _drop_client_output(self) -> None:
         self.counters.undelivered_to_client += sum(len(piece) for piece in self.to_client)
