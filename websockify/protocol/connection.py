@@ -33,7 +33,8 @@ States, with every transition in :data:`TRANSITIONS`::
       │  ──protocol violation, client EOF or reset───────▶ DRAINING
     CLOSING_BY_US ──the client's Close, violation, EOF──▶ DRAINING
     CLOSING_BY_CLIENT ──our answer delivered, EOF───────▶ DRAINING
-    DRAINING ──all delivered, both sides at EOF─────────▶ CLOSED
+    DRAINING ──all handed over, both sides at EOF (or,
+               at the timeout, nothing left in flight)──▶ CLOSED
     any but CLOSED ──no progress for CLOSE_TIMEOUT──────▶ CLOSED
 
 While closing, client data is still relayed to the target until the client's
@@ -283,6 +284,10 @@ class Connection:
             if self._progressed or draining_kernel or self._give_up_at is _NOW:
                 self._progressed = False
                 self._give_up_at = now + CLOSE_TIMEOUT
+            elif self._all_handed_over() and not in_flight:
+                # Only the peers' EOF is missing, and nothing of ours can be lost
+                # any more by closing: a clean end.
+                self._move(Trigger.FINISHED)
             else:
                 self.counters.close_timed_out = True
                 self._move(Trigger.TIMEOUT)
@@ -438,14 +443,18 @@ class Connection:
                                 and not self._client_was_shut and not self._client_gone)
             self.shut_target = (not relaying and not self.to_target and not self._target_was_shut
                                 and not self._target_gone)
-            if state is State.DRAINING and not self.to_client and not self.to_target \
-                    and (self._client_was_shut or self._client_gone) and not client_open \
-                    and (self._target_was_shut or self._target_gone) and not target_open:
+            if not client_open and not target_open and self._all_handed_over():
                 self._move(Trigger.FINISHED)
         if self.state is State.CLOSED:
             self.read_client = self.read_target = False
             self.shut_client = self.shut_target = False
         self._update_deadline()
+
+    def _all_handed_over(self) -> bool:
+        """Draining, and every byte for either side is out and both sides are shut."""
+        return (self.state is State.DRAINING and not self.to_client and not self.to_target
+                and (self._client_was_shut or self._client_gone)
+                and (self._target_was_shut or self._target_gone))
 
     def _client_queued_pong(self) -> bool:
         return self._pong_end > self.counters.client_bytes_sent
