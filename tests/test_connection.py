@@ -373,13 +373,18 @@ def test_a_pause_then_a_whole_silent_period_read_is_judged() -> None:
     assert conn.state is State.CLOSING_BY_US
 
 
-def test_a_ping_not_yet_delivered_is_not_judged() -> None:
+def test_a_ping_is_judged_a_whole_period_after_it_was_delivered() -> None:
     conn = connection(heartbeat=1.0)
     conn.target_data(b"y" * 10)  # the client reads nothing: the ping waits behind it
     conn.tick(1.0)
     conn.tick(2.0)
     conn.tick(3.0)
     assert conn.state is State.OPEN
+    take_client(conn)  # at 3.9 s: the data and the ping
+    conn.tick(4.0)
+    assert conn.state is State.OPEN, "delivered 0.1 s ago: no time to answer yet"
+    conn.tick(5.0)
+    assert conn.state is State.CLOSING_BY_US
 
 
 # -- the state table -----------------------------------------------------------------------

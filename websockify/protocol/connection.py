@@ -83,6 +83,9 @@ class Trigger(enum.Enum):
     TIMEOUT = "no progress while closing"
 
 
+_OPEN = State.OPEN
+_CLOSING_BY_US = State.CLOSING_BY_US
+
 #: Every transition.  A trigger not listed for a state changes nothing (a second
 #: reason to close, a shutdown while closing).
 TRANSITIONS: dict[tuple[State, Trigger], State] = {
@@ -181,6 +184,7 @@ class Connection:
         self._next_ping = now + self._heartbeat if self._heartbeat else None
         self._ping_end: int | None = None
         self._paused_since_ping = False
+        self._ping_was_out = False
         # Close timeout: set when closing starts, extended while bytes move.
         self._give_up_at: float | None = None
         self._progressed = False
@@ -193,29 +197,35 @@ class Connection:
         """Bytes from the client (only read during the call)."""
         self.counters.client_bytes_received += len(data)
         self._ping_end = None  # any byte is a sign of life
-        if self.state is State.OPEN or self.state is State.CLOSING_BY_US:
-            pongs: list[bytes] = []
+        state = self.state
+        if state is _OPEN or state is _CLOSING_BY_US:
+            to_target = self.to_target
+            pongs: list[bytes] | None = None
             for event in self._codec.receive(data):
                 if type(event) is Data:
-                    self.to_target.append(event.payload)
+                    to_target.append(event.payload)
                 elif type(event) is Ping:
+                    if pongs is None:
+                        pongs = []
                     pongs.append(self._codec.encode_pong(event.payload))
                 elif type(event) is Close:
                     self._send_pongs(pongs)
+                    pongs = None
                     self._on_client_close(event)
                     break
                 elif type(event) is Violation:
                     self._send_pongs(pongs)
+                    pongs = None
                     self._on_violation(event)
                     break
                 else:
                     assert type(event) is Pong
-            else:
+            if pongs:
                 self._send_pongs(pongs)
             self.counters.frames_from_client = self._codec.frames_received
-            if self._target_gone and self.to_target:
-                self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
-                self.to_target.clear()
+            if self._target_gone and to_target:
+                self.counters.undelivered_to_target += sum(len(piece) for piece in to_target)
+                to_target.clear()
         # Else the conversation is over: the input is read only to reach the EOF.
         self._refresh()
 
@@ -238,7 +248,7 @@ class Connection:
         """Bytes from the target; ``data`` is lent until the next ``client_sent``."""
         size = len(data)
         self.counters.target_bytes_received += size
-        if self.state is State.OPEN:
+        if self.state is _OPEN:
             self._lent = data.obj if type(data) is memoryview else None
             pieces = self._codec.encode_data(data)
             self.to_client.extend(pieces)
@@ -381,7 +391,7 @@ class Connection:
         self._client_queued += len(frame)
         self.counters.frames_to_client += frames
 
-    def _send_pongs(self, pongs: list[bytes]) -> None:
+    def _send_pongs(self, pongs: list[bytes] | None) -> None:
         """The answers to one read's pings, as one piece; the client is not read
         until they are delivered, so a ping flood queues one read's worth at most."""
         if pongs and self.state is State.OPEN:
@@ -396,8 +406,9 @@ class Connection:
     def _heartbeat_due(self, now: float) -> None:
         """Ping; close with 1011 when the last ping got no byte back.
 
-        Only judged when the ping reached the socket and the client was read all
-        the while since: a pong we chose not to read is not a missing pong.
+        Judged only after a whole period in which the ping was out (it went to an
+        empty queue, or was seen delivered at the previous check) and the client was
+        read all along: a pong we chose not to read is not a missing pong.
         """
         self._next_ping = now + self._heartbeat
         if self.state is not State.OPEN:
@@ -405,13 +416,16 @@ class Connection:
             return
         if self._ping_end is not None:
             delivered = self.counters.client_bytes_sent >= self._ping_end
-            if delivered and not self._paused_since_ping:
+            if delivered and self._ping_was_out and not self._paused_since_ping:
                 self._next_ping = None
                 self._we_close(f"no pong within {self._heartbeat:g}s", 1011,
                                "heartbeat timeout", Party.SERVER)
                 return
+            # Not judged yet: watch one more period.
+            self._ping_was_out = delivered
             self._paused_since_ping = not self.read_client
-            return  # not judged yet: wait one more period
+            return
+        self._ping_was_out = not self.to_client  # the relay sends it right away
         self._queue_client(self._codec.encode_ping(b""))
         self._ping_end = self._client_queued
         self._paused_since_ping = False
@@ -419,11 +433,12 @@ class Connection:
     def _refresh(self) -> None:
         """Recompute what the I/O layer should do; move on when a phase is over."""
         state = self.state
-        if state is State.OPEN:
-            self.read_client = not (self.to_target or self._client_eof or self._client_gone
-                                    or self._client_queued_pong())
+        if state is _OPEN:
+            self.read_client = read_client = not (
+                self.to_target or self._client_eof or self._client_gone
+                or self._pong_end > self.counters.client_bytes_sent)
             self.read_target = not (self.to_client or self._target_eof or self._target_gone)
-            if not self.read_client and self._ping_end is not None:
+            if not read_client and self._ping_end is not None:
                 self._paused_since_ping = True
         elif state is State.CLOSED:
             self.read_client = self.read_target = False
@@ -455,9 +470,6 @@ class Connection:
         return (self.state is State.DRAINING and not self.to_client and not self.to_target
                 and (self._client_was_shut or self._client_gone)
                 and (self._target_was_shut or self._target_gone))
-
-    def _client_queued_pong(self) -> bool:
-        return self._pong_end > self.counters.client_bytes_sent
 
     def _update_deadline(self) -> None:
         candidates = [t for t in (self._next_ping, self._give_up_at) if t is not None]
