@@ -119,6 +119,14 @@ def test_each_side_is_read_only_while_the_output_it_feeds_is_empty() -> None:
     assert conn.read_target
 
 
+def test_a_read_of_many_tiny_frames_is_one_piece_for_the_target() -> None:
+    """One copy per read rather than one sendmsg per 64 frames (or a join per send)."""
+    conn = connection()
+    conn.client_data(b"".join(frame(OP_BINARY, bytes([n % 256])) for n in range(1000)))
+    assert len(conn.to_target) == 1
+    assert take_target(conn) == bytes(n % 256 for n in range(1000))
+
+
 def test_target_bytes_waiting_for_the_client_are_copied_out_of_the_lent_buffer() -> None:
     """The relay lends one read buffer shared by every connection: what a slow client
     has not taken must not change when the buffer is read into again."""

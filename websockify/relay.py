@@ -37,7 +37,7 @@ from gevent import get_hub, getcurrent, socket
 
 from websockify.client import ClientConnection
 from websockify.protocol.codec import Buffer
-from websockify.protocol.connection import CLOSE_TIMEOUT, Connection, State
+from websockify.protocol.connection import CLOSE_TIMEOUT, MAX_PIECES, Connection, State
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +54,6 @@ RECV_SIZE = 256 * 1024
 #: at this size, mmap-ing and unmapping) a fresh one.
 _read_buffer = bytearray(RECV_SIZE)
 _read_view = memoryview(_read_buffer)
-#: More pieces than this are sent by later calls (the kernel caps iovecs at 1024).
-MAX_PIECES = 64
 #: Seconds between checks whether a client that is not read has left.
 PROBE_INTERVAL = 1.0
 #: Reads at most that empty a socket's input before it is closed (no reset then).
@@ -128,7 +126,7 @@ class Relay:
             (_TARGET_READABLE, loop.io(target.fileno(), _READ)),
             (_TARGET_WRITABLE, loop.io(target.fileno(), _WRITE)),
         ]
-        probe = loop.timer(PROBE_INTERVAL)
+        probe: Any = None  # made when first needed: most connections never need it
         timer: Any = None
         timer_at: float | None = None
         armed = 0
@@ -171,8 +169,11 @@ class Relay:
                     if timer_at is not None:
                         timer = loop.timer(max(0.0, timer_at - time.monotonic()))
                         timer.start(wake.set, _DEADLINE)
-                if not conn.read_client and conn.client_connected and not probe.active:
-                    probe.start(wake.set, _PROBE)
+                if not conn.read_client and conn.client_connected:
+                    if probe is None:
+                        probe = loop.timer(PROBE_INTERVAL)
+                    if not probe.active:
+                        probe.start(wake.set, _PROBE)
 
                 reasons = wake.wait(hub)
 
@@ -195,7 +196,8 @@ class Relay:
         finally:
             for _, watcher in watchers:
                 watcher.close()
-            probe.close()
+            if probe is not None:
+                probe.close()
             if timer is not None:
                 timer.close()
             stranded = 0

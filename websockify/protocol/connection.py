@@ -57,6 +57,9 @@ from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong, Vi
 CLOSE_TIMEOUT = 2.0
 #: Close code for an ending without a Close frame (RFC 6455 section 7.1.5).
 NO_CLOSE_FRAME = 1006
+#: More output pieces than this are joined (once per read: many tiny frames would
+#: otherwise cost one sendmsg per 64 of them, and the kernel caps iovecs at 1024).
+MAX_PIECES = 64
 #: ``deadline`` value asking for a tick at once (closing started; the time is unknown here).
 _NOW = float("-inf")
 
@@ -154,6 +157,40 @@ class Counters:
 class Connection:
     """The life of one client ↔ target connection; see the module docstring."""
 
+    __slots__ = (
+        "_client_eof",
+        "_client_gone",
+        "_client_queued",
+        "_client_was_shut",
+        "_codec",
+        "_data_end",
+        "_data_payload",
+        "_give_up_at",
+        "_heartbeat",
+        "_in_flight",
+        "_lent",
+        "_next_ping",
+        "_paused_since_ping",
+        "_ping_end",
+        "_ping_was_out",
+        "_pong_end",
+        "_progressed",
+        "_target_eof",
+        "_target_gone",
+        "_target_was_shut",
+        "counters",
+        "deadline",
+        "done",
+        "ending",
+        "read_client",
+        "read_target",
+        "shut_client",
+        "shut_target",
+        "state",
+        "to_client",
+        "to_target",
+    )
+
     def __init__(self, codec: Codec, now: float, heartbeat: float = 0.0) -> None:
         self._codec = codec
         self.state = State.OPEN
@@ -222,6 +259,8 @@ class Connection:
                     assert type(event) is Pong
             if pongs:
                 self._send_pongs(pongs)
+            if len(to_target) > MAX_PIECES:
+                to_target[:] = [b"".join(to_target)]
             self.counters.frames_from_client = self._codec.frames_received
             if self._target_gone and to_target:
                 self.counters.undelivered_to_target += sum(len(piece) for piece in to_target)
