@@ -301,6 +301,35 @@ def test_bytes_the_kernel_still_sends_count_as_progress() -> None:
     assert conn.done
 
 
+def test_a_client_leaving_behind_a_stalled_target_is_given_up() -> None:
+    """FIN seen while the client was not read: its bytes still go to the target while
+    the target takes them; once nothing moves for the close timeout, it is let go."""
+    conn = connection()
+    conn.client_data(frame(OP_BINARY, b"abcdef"))
+    conn.client_leaving("client hung up without a Close")
+    assert not conn.client_connected and conn.deadline is not None
+    conn.tick(0.0)
+    take_target(conn, 2)  # the target takes a little: progress
+    conn.tick(CLOSE_TIMEOUT)
+    assert not conn.done
+    conn.tick(2 * CLOSE_TIMEOUT)
+    assert conn.done and conn.counters.close_timed_out
+    assert conn.counters.undelivered_to_target == 4
+    assert conn.ending == Ending("client hung up without a Close", NO_CLOSE_FRAME, Party.CLIENT)
+
+
+def test_a_client_leaving_whose_bytes_all_get_through_ends_as_usual() -> None:
+    conn = connection()
+    conn.client_data(frame(OP_BINARY, b"abc"))
+    conn.client_leaving("client hung up without a Close")
+    assert take_target(conn) == b"abc"
+    assert conn.read_client, "the rest of its input is read, up to the EOF"
+    conn.client_data(frame(OP_BINARY, b"def"))
+    assert take_target(conn) == b"def"
+    conn.client_eof()
+    assert conn.state is State.DRAINING and not conn.counters.close_timed_out
+
+
 # -- control frames ----------------------------------------------------------------------
 
 

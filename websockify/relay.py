@@ -264,11 +264,10 @@ class Relay:
         events = poller.poll(0)
         if not events:
             return
-        flags = events[0][1]
-        if flags & (select.POLLHUP | select.POLLERR):
-            self.connection.client_lost("reset while it was not read")
+        if events[0][1] & (select.POLLHUP | select.POLLERR):
+            self.connection.client_leaving("client connection lost (reset)")
         else:
-            self.connection.client_eof()
+            self.connection.client_leaving("client hung up without a Close")
 
     def _log_ending(self, stranded: int) -> None:
         conn = self.connection

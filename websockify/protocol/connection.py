@@ -36,6 +36,7 @@ States, with every transition in :data:`TRANSITIONS`::
     DRAINING ──all handed over, both sides at EOF (or,
                at the timeout, nothing left in flight)──▶ CLOSED
     any but CLOSED ──no progress for CLOSE_TIMEOUT──────▶ CLOSED
+                     (OPEN only once the client is leaving)
 
 While closing, client data is still relayed to the target until the client's
 Close (a target that sent EOF may still read); target data is read and dropped
@@ -93,6 +94,8 @@ _CLOSING_BY_US = State.CLOSING_BY_US
 #: reason to close, a shutdown while closing).
 TRANSITIONS: dict[tuple[State, Trigger], State] = {
     (State.OPEN, Trigger.WE_CLOSE): State.CLOSING_BY_US,
+    # Only once the client is leaving (FIN or reset seen while it was not read).
+    (State.OPEN, Trigger.TIMEOUT): State.CLOSED,
     (State.OPEN, Trigger.CLIENT_CLOSE): State.CLOSING_BY_CLIENT,
     (State.OPEN, Trigger.VIOLATION): State.DRAINING,
     (State.OPEN, Trigger.CLIENT_GONE): State.DRAINING,
@@ -160,6 +163,7 @@ class Connection:
     __slots__ = (
         "_client_eof",
         "_client_gone",
+        "_client_leaving",
         "_client_queued",
         "_client_was_shut",
         "_codec",
@@ -205,6 +209,7 @@ class Connection:
         self.done = False
         # What each socket has done; "gone" means reset or given up.
         self._client_eof = self._client_gone = self._client_was_shut = False
+        self._client_leaving = False
         self._target_eof = self._target_gone = self._target_was_shut = False
         #: The buffer ``target_data`` last lent us: pieces still in it must be copied
         #: before the caller reads into it again.
@@ -281,6 +286,19 @@ class Connection:
         self._end(f"client connection lost ({why})", NO_CLOSE_FRAME, Party.CLIENT)
         self._drop_client_output()
         self._move(Trigger.CLIENT_GONE)
+        self._refresh()
+
+    def client_leaving(self, why: str) -> None:
+        """The client sent FIN (or a reset) while it was not read.
+
+        What it sent before still goes to the target, but only as long as the target
+        takes it: the close timeout runs from here.  Reading the client resumes as
+        usual and ends with its EOF (or the reset).
+        """
+        self._client_leaving = True
+        self._end(why, NO_CLOSE_FRAME, Party.CLIENT)
+        if self._give_up_at is None and not self.done:
+            self._give_up_at = _NOW
         self._refresh()
 
     def target_data(self, data: Buffer) -> None:
@@ -378,8 +396,8 @@ class Connection:
 
     @property
     def client_connected(self) -> bool:
-        """The client may still send: worth watching for it leaving while not read."""
-        return not (self._client_eof or self._client_gone)
+        """Not known to have left: worth watching for it leaving while it is not read."""
+        return not (self._client_eof or self._client_gone or self._client_leaving)
 
     # -- the machine ------------------------------------------------------------------
 
@@ -487,7 +505,7 @@ class Connection:
                 self._move(Trigger.ANSWER_SENT)
                 state = self.state
             relaying = state is State.CLOSING_BY_US
-            client_open = self.client_connected
+            client_open = not (self._client_eof or self._client_gone)
             target_open = not (self._target_eof or self._target_gone)
             # While closing by us the client's data still goes to the target
             # (backpressure as before); otherwise its input is read to the EOF.
