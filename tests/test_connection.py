@@ -145,7 +145,7 @@ def test_bytes_before_a_bad_frame_reach_the_target_and_the_close_code_is_one() -
     assert take_target(conn) == b"good"
     assert take_client(conn) == b"\x88\x1e\x03\xea" + b"client frames must be masked"
     assert conn.state is State.DRAINING
-    assert conn.ending == Ending("protocol error: client frames must be masked (close 1002)",
+    assert conn.ending == Ending("protocol error: client frames must be masked",
                                  1002, Party.CLIENT)
     # The rest of the client's input is read (to reach its EOF) and dropped.
     conn.client_data(frame(OP_BINARY, b"after"))

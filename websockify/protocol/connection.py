@@ -433,7 +433,7 @@ class Connection:
         self._move(Trigger.CLIENT_CLOSE)
 
     def _on_violation(self, event: Violation) -> None:
-        self._end(f"protocol error: {event.reason} (close {event.close_code})",
+        self._end(f"protocol error: {event.reason}",
                   event.close_code, Party.CLIENT)
         self._queue_close(event.close_code, event.reason)
         self._move(Trigger.VIOLATION)
