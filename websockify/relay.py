@@ -11,7 +11,7 @@ non-blocking sockets::
 Watchers stay armed while the connection wants the same things, so a steady
 stream costs no watcher start and stop per read.  Whatever wakes the loop
 (sockets, the deadline timer, ``close()`` from another greenlet) sets a bit in
-:class:`_Wakeup`; a bit set while the relay is busy elsewhere is kept for its
+:class:`Wakeup`; a bit set while the relay is busy elsewhere is kept for its
 next wait and never makes later waits return at once.
 
 While the connection does not read the client (its output to a slow target is
@@ -60,7 +60,7 @@ PROBE_INTERVAL = 1.0
 _FINAL_DRAIN_READS = 16
 
 _READ, _WRITE = 1, 2
-# Why the loop woke up: bits of _Wakeup.reasons.
+# Why the loop woke up: bits of Wakeup.reasons.
 _CLIENT_READABLE = 1
 _CLIENT_WRITABLE = 2
 _TARGET_READABLE = 4
@@ -71,7 +71,7 @@ _REQUEST = 64
 _GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
 
 
-class _Wakeup:
+class Wakeup:
     """Reasons to wake, collected as bits; switches to the relay only while it waits."""
 
     __slots__ = ("_sleeper", "reasons")
@@ -111,7 +111,7 @@ class Relay:
         self._peer = client.peer
         self._target = target
         self.connection = Connection(client.codec, time.monotonic(), heartbeat)
-        self._wake = _Wakeup()
+        self._wake = Wakeup()
         self._request: tuple[int, str] | None = None
 
     def run(self) -> None:
