@@ -218,6 +218,7 @@ def test_a_chatty_target_gets_the_whole_upload_before_the_close(tmp_path: Path) 
             assert reader.expect_close().code == 1000
             sender.join(TIMEOUT)
             assert_tcp_closed(sock, timeout=TIMEOUT * 2)
+            sock.close()
             wait_until(lambda: target.received, "the target's EOF", TIMEOUT * 2)
             assert target.received == [(len(upload), hashlib.sha256(upload).hexdigest())]
             server.wait_for_log(rf"client sent Close 1000 \(close 1000; {len(upload)} bytes "
@@ -253,7 +254,7 @@ def test_heartbeat_does_not_close_a_client_that_the_relay_does_not_read(
         sender = threading.Thread(target=send, daemon=True)
         sender.start()
         reader = FrameReader(sock)
-        quiet_until = time.monotonic() + 3.5  # three heartbeats pass while nothing moves
+        quiet_until = time.monotonic() + 2.5  # two heartbeats pass while nothing moves
         while (left := quiet_until - time.monotonic()) > 0:
             sock.settimeout(left)
             try:
