@@ -54,8 +54,9 @@ from dataclasses import dataclass
 from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong, Violation
 
 #: Seconds without progress (a byte delivered either way) before a closing
-#: connection is given up.  The check is lazy: it fires 1 to 2 times this late.
+#: connection is given up.  It is checked every quarter of it.
 CLOSE_TIMEOUT = 2.0
+_CHECKS = 4
 #: Close code for an ending without a Close frame (RFC 6455 section 7.1.5).
 NO_CLOSE_FRAME = 1006
 #: More output pieces than this are joined (once per read: many tiny frames would
@@ -179,6 +180,7 @@ class Connection:
         "_ping_was_out",
         "_pong_end",
         "_progressed",
+        "_quiet_checks",
         "_target_eof",
         "_target_gone",
         "_target_was_shut",
@@ -231,6 +233,7 @@ class Connection:
         self._give_up_at: float | None = None
         self._progressed = False
         self._in_flight = 0
+        self._quiet_checks = 0
         self.deadline: float | None = self._next_ping
 
     # -- inputs ------------------------------------------------------------------------
@@ -346,19 +349,27 @@ class Connection:
         if self._next_ping is not None and now >= self._next_ping:
             self._heartbeat_due(now)
         if self._give_up_at is not None and now >= self._give_up_at:
-            draining_kernel = in_flight < self._in_flight
-            self._in_flight = in_flight
-            if self._progressed or draining_kernel or self._give_up_at is _NOW:
-                self._progressed = False
-                self._give_up_at = now + CLOSE_TIMEOUT
-            elif self._all_handed_over() and not in_flight:
-                # Only the peers' EOF is missing, and nothing of ours can be lost
-                # any more by closing: a clean end.
-                self._move(Trigger.FINISHED)
-            else:
+            self._closing_check(now, in_flight)
+        self._refresh()
+
+    def _closing_check(self, now: float, in_flight: int) -> None:
+        """Every quarter of CLOSE_TIMEOUT while closing: moving, done, or stuck?"""
+        first = self._give_up_at is _NOW
+        self._give_up_at = now + CLOSE_TIMEOUT / _CHECKS
+        moved = self._progressed or in_flight < self._in_flight
+        self._progressed = False
+        self._in_flight = in_flight
+        if first or moved:
+            self._quiet_checks = 0
+        elif self._all_handed_over() and not in_flight:
+            # Only the peers' EOF is missing, and nothing of ours can be lost by
+            # closing any more: a clean end, after a moment's wait for that EOF.
+            self._move(Trigger.FINISHED)
+        else:
+            self._quiet_checks += 1
+            if self._quiet_checks >= _CHECKS:
                 self.counters.close_timed_out = True
                 self._move(Trigger.TIMEOUT)
-        self._refresh()
 
     # -- reports of the I/O layer ------------------------------------------------------
 
