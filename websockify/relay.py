@@ -17,7 +17,12 @@ next wait and never makes later waits return at once.
 While the connection does not read the client (its output to a slow target is
 pending), the client is probed once per ``PROBE_INTERVAL`` with a zero-timeout
 ``poll`` for POLLRDHUP/POLLHUP/POLLERR: a client that sent FIN or a reset is
-noticed without reading (and so without buffering) its data.
+noticed without reading (and so without buffering) its data
+(``Connection.client_leaving``).  A bounded extra read was the alternative; it
+would only see the FIN when the client sent less than that bound.
+
+While closing, each deadline tick also passes the bytes the kernel still holds for
+either peer (``TIOCOUTQ``): a peer that drains them slowly is making progress.
 """
 
 from __future__ import annotations

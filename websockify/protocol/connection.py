@@ -4,8 +4,10 @@ In the manner of h11's ``Connection`` and websockets' ``Protocol``: the I/O laye
 (:mod:`websockify.relay`) feeds it what happened and does what it asks.
 
 Inputs: :meth:`Connection.client_data`, :meth:`~Connection.client_eof`,
-:meth:`~Connection.client_lost`, the same three for the target,
-:meth:`~Connection.tick` (the clock) and :meth:`~Connection.shutdown`.
+:meth:`~Connection.client_lost` (a reset), the same three for the target,
+:meth:`~Connection.client_leaving` (FIN or reset seen while the client was not
+read), :meth:`~Connection.tick` (the clock, with the bytes the kernel still holds
+for the peers) and :meth:`~Connection.shutdown`.
 
 Outputs, read after every input:
 
@@ -33,17 +35,17 @@ States, with every transition in :data:`TRANSITIONS`::
       │  ──protocol violation, client EOF or reset───────▶ DRAINING
     CLOSING_BY_US ──the client's Close, violation, EOF──▶ DRAINING
     CLOSING_BY_CLIENT ──our answer delivered, EOF───────▶ DRAINING
-    DRAINING ──all handed over, both sides at EOF (or,
-               at the timeout, nothing left in flight)──▶ CLOSED
+    DRAINING ──all handed over, both sides at EOF (or at
+               a check, nothing left in the kernel)─────▶ CLOSED
     any but CLOSED ──no progress for CLOSE_TIMEOUT──────▶ CLOSED
                      (OPEN only once the client is leaving)
 
 While closing, client data is still relayed to the target until the client's
 Close (a target that sent EOF may still read); target data is read and dropped
 (no data frame may follow our Close).  ``CLOSE_TIMEOUT`` counts from the last
-byte delivered either way, so a client that reads the tail of a stream slowly
-gets all of it; one that reads nothing is let go, and the ending says how much
-was not delivered.
+byte delivered either way (or taken out of the kernel's queue), so a client that
+reads the tail of a stream slowly gets all of it; one that reads nothing is let
+go, and the counters say how much was not delivered.
 """
 
 from __future__ import annotations
