@@ -101,6 +101,7 @@ def test_hixie_both_ways_and_its_close() -> None:
     conn.client_data(b"\xff\x00")
     assert take_client(conn) == b"\xff\x00"
     assert conn.state is State.DRAINING
+    assert (conn.counters.frames_from_client, conn.counters.frames_to_client) == (2, 2)
 
 
 def test_each_side_is_read_only_while_the_output_it_feeds_is_empty() -> None:

@@ -224,11 +224,12 @@ class HixieCodec(Codec):
                 return
             else:
                 kind = chunk[pos]
-                self.frames_received += 1
                 if kind == TEXT_TYPE:
+                    self.frames_received += 1
                     self._in_frame = True
                     self._frame_length = 0
                 elif kind == CLOSE_TYPE:
+                    self.frames_received += 1
                     self._closing = True
                 else:
                     raise FrameError(f"Hixie frame type 0x{kind:02x} is not 0x00 or 0xff")
