@@ -74,6 +74,7 @@ _DEADLINE = 16
 _PROBE = 32
 _REQUEST = 64
 _GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_OPEN = State.OPEN
 
 
 class Wakeup:
@@ -146,14 +147,15 @@ class Relay:
                     self._send_client()
                 if conn.to_target:
                     self._send_target()
-                if conn.shut_client:
-                    _shutdown(client)
-                    conn.client_shut()
-                if conn.shut_target:
-                    _shutdown(target)
-                    conn.target_shut()
-                if conn.done:
-                    break
+                if conn.state is not _OPEN:  # closing: half-close, or end
+                    if conn.shut_client:
+                        _shutdown(client)
+                        conn.client_shut()
+                    if conn.shut_target:
+                        _shutdown(target)
+                        conn.target_shut()
+                    if conn.done:
+                        break
                 wanted = ((_CLIENT_READABLE if conn.read_client else 0)
                           | (_CLIENT_WRITABLE if conn.to_client else 0)
                           | (_TARGET_READABLE if conn.read_target else 0)
@@ -187,7 +189,7 @@ class Relay:
                 if reasons & _DEADLINE:
                     timer_at = None  # fired: a new one is made for the next deadline
                     in_flight = 0
-                    if conn.state is not State.OPEN:
+                    if conn.state is not _OPEN:
                         in_flight = _unsent(client) + _unsent(target)
                     conn.tick(time.monotonic(), in_flight)
                 if reasons & _REQUEST and self._request is not None:
@@ -298,9 +300,10 @@ class Relay:
 def _send(sock: socket.socket, pieces: list[Buffer]) -> int:
     """Send what the socket takes now of ``pieces``; returns the byte count."""
     try:
-        if len(pieces) == 1:
+        count = len(pieces)
+        if count == 1:
             return sock.send(pieces[0])
-        return sock.sendmsg(pieces[:MAX_PIECES])
+        return sock.sendmsg(pieces if count <= MAX_PIECES else pieces[:MAX_PIECES])
     except BlockingIOError:
         return 0
 
