@@ -347,4 +347,5 @@ def refuse(client: ClientConnection, code: int, reason: str) -> None:
     except OSError:
         pass
     finally:
-        client.sock.close()
+        client.sock.settimeout(0.0)
+        _close(client.sock)
