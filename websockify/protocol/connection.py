@@ -93,6 +93,18 @@ class Trigger(enum.Enum):
 _OPEN = State.OPEN
 _CLOSING_BY_US = State.CLOSING_BY_US
 
+# What has happened to a socket (bits, one set per side).
+#: Its input ended (read EOF).
+EOF = 1
+#: It failed (reset) or was given up: nothing more goes to it.
+GONE = 2
+#: We half-closed it (its peer reads EOF after our last byte).
+SHUT = 4
+#: The client sent FIN or a reset while it was not read (client only).
+LEAVING = 8
+#: Nothing more comes from it.
+ENDED = EOF | GONE
+
 #: Every transition.  A trigger not listed for a state changes nothing (a second
 #: reason to close, a shutdown while closing).
 TRANSITIONS: dict[tuple[State, Trigger], State] = {
@@ -164,11 +176,8 @@ class Connection:
     """The life of one client ↔ target connection; see the module docstring."""
 
     __slots__ = (
-        "_client_eof",
-        "_client_gone",
-        "_client_leaving",
+        "_client",
         "_client_queued",
-        "_client_was_shut",
         "_codec",
         "_data_end",
         "_data_payload",
@@ -183,9 +192,7 @@ class Connection:
         "_pong_end",
         "_progressed",
         "_quiet_checks",
-        "_target_eof",
-        "_target_gone",
-        "_target_was_shut",
+        "_target",
         "counters",
         "deadline",
         "done",
@@ -211,10 +218,9 @@ class Connection:
         self.shut_client = False
         self.shut_target = False
         self.done = False
-        # What each socket has done; "gone" means reset or given up.
-        self._client_eof = self._client_gone = self._client_was_shut = False
-        self._client_leaving = False
-        self._target_eof = self._target_gone = self._target_was_shut = False
+        #: What has happened to each socket: bits of EOF, GONE, SHUT, LEAVING.
+        self._client = 0
+        self._target = 0
         #: The buffer ``target_data`` last lent us: pieces still in it must be copied
         #: before the caller reads into it again.
         self._lent: object = None
@@ -272,7 +278,7 @@ class Connection:
             if len(to_target) > MAX_PIECES:
                 to_target[:] = [b"".join(to_target)]
             self.counters.frames_from_client = self._codec.frames_received
-            if self._target_gone and to_target:
+            if self._target & GONE and to_target:
                 self.counters.undelivered_to_target += sum(len(piece) for piece in to_target)
                 to_target.clear()
         # Else the conversation is over: the input is read only to reach the EOF.
@@ -280,14 +286,14 @@ class Connection:
 
     def client_eof(self) -> None:
         """The client closed its side of the TCP connection."""
-        self._client_eof = True
+        self._client |= EOF
         self._end("client hung up without a Close", NO_CLOSE_FRAME, Party.CLIENT)
         self._move(Trigger.CLIENT_GONE)
         self._refresh()
 
     def client_lost(self, why: str) -> None:
         """The client's socket failed (reset): nothing more can go to it."""
-        self._client_gone = True
+        self._client |= GONE
         self._end(f"client connection lost ({why})", NO_CLOSE_FRAME, Party.CLIENT)
         self._drop_client_output()
         self._move(Trigger.CLIENT_GONE)
@@ -300,7 +306,7 @@ class Connection:
         takes it: the close timeout runs from here.  Reading the client resumes as
         usual and ends with its EOF (or the reset).
         """
-        self._client_leaving = True
+        self._client |= LEAVING
         self._end(why, NO_CLOSE_FRAME, Party.CLIENT)
         if self._give_up_at is None and not self.done:
             self._give_up_at = _NOW
@@ -324,13 +330,13 @@ class Connection:
 
     def target_eof(self) -> None:
         """The target closed its side: the client gets Close 1000 after the data."""
-        self._target_eof = True
+        self._target |= EOF
         self._we_close("target closed the connection", 1000, "", Party.TARGET)
         self._refresh()
 
     def target_lost(self, why: str) -> None:
         """The target's socket failed: the client gets Close 1011."""
-        self._target_gone = True
+        self._target |= GONE
         self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
         self.to_target.clear()
         self._we_close(f"target connection lost ({why})", 1011, "target connection lost",
@@ -399,18 +405,18 @@ class Connection:
 
     def client_shut(self) -> None:
         """The client's socket was half-closed as ``shut_client`` asked."""
-        self._client_was_shut = True
+        self._client |= SHUT
         self._refresh()
 
     def target_shut(self) -> None:
         """The target's socket was half-closed as ``shut_target`` asked."""
-        self._target_was_shut = True
+        self._target |= SHUT
         self._refresh()
 
     @property
     def client_connected(self) -> bool:
         """Not known to have left: worth watching for it leaving while it is not read."""
-        return not (self._client_eof or self._client_gone or self._client_leaving)
+        return not self._client & (EOF | GONE | LEAVING)
 
     # -- the machine ------------------------------------------------------------------
 
@@ -452,7 +458,7 @@ class Connection:
         self._move(Trigger.VIOLATION)
 
     def _queue_close(self, code: int, reason: str) -> None:
-        if self.counters.close_code_sent is None and not self._client_gone:
+        if self.counters.close_code_sent is None and not self._client & GONE:
             self.counters.close_code_sent = code
             self._queue_client(self._codec.encode_close(code, reason))
 
@@ -505,9 +511,9 @@ class Connection:
         state = self.state
         if state is _OPEN:
             self.read_client = read_client = not (
-                self.to_target or self._client_eof or self._client_gone
+                self.to_target or self._client & ENDED
                 or self._pong_end > self.counters.client_bytes_sent)
-            self.read_target = not (self.to_client or self._target_eof or self._target_gone)
+            self.read_target = not (self.to_client or self._target & ENDED)
             if not read_client and self._ping_end is not None:
                 self._paused_since_ping = True
         elif state is State.CLOSED:
@@ -518,16 +524,16 @@ class Connection:
                 self._move(Trigger.ANSWER_SENT)
                 state = self.state
             relaying = state is State.CLOSING_BY_US
-            client_open = not (self._client_eof or self._client_gone)
-            target_open = not (self._target_eof or self._target_gone)
+            client_open = not self._client & ENDED
+            target_open = not self._target & ENDED
             # While closing by us the client's data still goes to the target
             # (backpressure as before); otherwise its input is read to the EOF.
             self.read_client = client_open and not (relaying and self.to_target)
             self.read_target = target_open  # dropped: nothing may follow our Close
             self.shut_client = (state is State.DRAINING and not self.to_client
-                                and not self._client_was_shut and not self._client_gone)
-            self.shut_target = (not relaying and not self.to_target and not self._target_was_shut
-                                and not self._target_gone)
+                                and not self._client & (SHUT | GONE))
+            self.shut_target = (not relaying and not self.to_target
+                                and not self._target & (SHUT | GONE))
             if not client_open and not target_open and self._all_handed_over():
                 self._move(Trigger.FINISHED)
         if self.state is State.CLOSED:
@@ -538,8 +544,7 @@ class Connection:
     def _all_handed_over(self) -> bool:
         """Draining, and every byte for either side is out and both sides are shut."""
         return (self.state is State.DRAINING and not self.to_client and not self.to_target
-                and (self._client_was_shut or self._client_gone)
-                and (self._target_was_shut or self._target_gone))
+                and bool(self._client & (SHUT | GONE)) and bool(self._target & (SHUT | GONE)))
 
     def _update_deadline(self) -> None:
         candidates = [t for t in (self._next_ping, self._give_up_at) if t is not None]
@@ -548,9 +553,9 @@ class Connection:
     def _finish(self) -> None:
         self.done = True
         self._next_ping = self._give_up_at = None
-        if not self._client_gone:
+        if not self._client & GONE:
             self._drop_client_output()
-        if not self._target_gone:
+        if not self._target & GONE:
             self.counters.undelivered_to_target += sum(len(piece) for piece in self.to_target)
             self.to_target.clear()
 
