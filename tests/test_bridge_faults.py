@@ -28,9 +28,9 @@ from tests.bridge_support import (
     abort,
     assert_tcp_closed,
     echo_roundtrip,
+    raw_client,
     rss_kib,
     send_close,
-    upgrade,
     wait_exit,
     wait_until,
 )
@@ -97,16 +97,6 @@ def slow_target() -> Iterator[SlowTarget]:
     target = SlowTarget()
     yield target
     target.close()
-
-
-def raw_client(port: int, rcvbuf: int = 0) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    assert b" 101 " in upgrade(sock).split(b"\r\n")[0]
-    return sock
 
 
 def send_until_blocked(sock: socket.socket, frame: bytes, limit: int) -> int:

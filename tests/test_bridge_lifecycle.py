@@ -27,6 +27,7 @@ from tests.bridge_support import (
     echo_roundtrip,
     expect_close,
     http_status,
+    raw_client,
     recv_bytes,
     send_close,
     upgrade,
@@ -34,12 +35,6 @@ from tests.bridge_support import (
     ws_connect,
 )
 from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
-
-
-def raw_client(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
-    assert http_status(upgrade(sock)) == 101
-    return sock
 
 
 def refused_or_not_upgraded(port: int) -> bool:
