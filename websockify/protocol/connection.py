@@ -547,8 +547,11 @@ class Connection:
                 and bool(self._client & (SHUT | GONE)) and bool(self._target & (SHUT | GONE)))
 
     def _update_deadline(self) -> None:
-        candidates = [t for t in (self._next_ping, self._give_up_at) if t is not None]
-        self.deadline = min(candidates) if candidates else None
+        next_ping, give_up_at = self._next_ping, self._give_up_at
+        if next_ping is None or give_up_at is None:
+            self.deadline = give_up_at if next_ping is None else next_ping
+        else:
+            self.deadline = min(next_ping, give_up_at)
 
     def _finish(self) -> None:
         self.done = True
