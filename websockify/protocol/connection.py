@@ -392,7 +392,11 @@ class Connection:
                 counters.payload_bytes_to_client += self._data_payload
                 self._data_payload = 0
         if not self.to_client:
-            self._refresh()
+            if self.state is _OPEN:  # the common case, without a full refresh
+                self.read_target = not self._target & ENDED
+                self.read_client = not (self.to_target or self._client & ENDED)
+            else:
+                self._refresh()
 
     def target_sent(self, size: int) -> None:
         """The target's socket took ``size`` bytes from the front of ``to_target``."""
@@ -401,7 +405,11 @@ class Connection:
             self._progressed = True
             _consume(self.to_target, size, None)
         if not self.to_target:
-            self._refresh()
+            if self.state is _OPEN:  # the common case, without a full refresh
+                self.read_client = not (self._client & ENDED
+                                        or self._pong_end > self.counters.client_bytes_sent)
+            else:
+                self._refresh()
 
     def client_shut(self) -> None:
         """The client's socket was half-closed as ``shut_client`` asked."""
