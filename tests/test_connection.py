@@ -498,3 +498,57 @@ def test_any_split_gives_the_same_outputs(data: st.DataObject, stream: bytes,
 def test_a_ping_cut_anywhere_gets_the_same_pong(cut: int) -> None:
     stream = frame(OP_BINARY, b"data") + frame(OP_PING, b"ping!") + frame(OP_BINARY, b"more")
     assert run(stream, [cut], "binary") == run(stream, [], "binary")
+
+
+# -- every transition of the table, driven through the inputs --------------------------
+
+
+def in_state(state: State) -> Connection:
+    """A connection brought to ``state`` through its inputs only."""
+    conn = connection()
+    if state is State.CLOSING_BY_US:
+        conn.shutdown(1001, "bye")
+    elif state is State.CLOSING_BY_CLIENT:
+        conn.target_data(b"waiting")  # our answer waits behind it
+        conn.client_data(close_frame(1000))
+    elif state is State.DRAINING:
+        conn.client_data(close_frame(1000))
+        take_client(conn)
+    assert conn.state is state
+    return conn
+
+
+def trigger(conn: Connection, what: Trigger) -> None:
+    if what is Trigger.WE_CLOSE:
+        conn.shutdown(1001, "bye")
+    elif what is Trigger.CLIENT_CLOSE:
+        conn.client_data(close_frame(1000))
+    elif what is Trigger.VIOLATION:
+        conn.client_data(b"\x82\x00")  # unmasked
+    elif what is Trigger.CLIENT_GONE:
+        conn.client_eof()
+    elif what is Trigger.ANSWER_SENT:
+        take_client(conn)
+    elif what is Trigger.FINISHED:
+        take_client(conn)
+        take_target(conn)
+        shut_both(conn)
+        conn.client_eof()
+        conn.target_eof()
+    else:
+        assert what is Trigger.TIMEOUT
+        if conn.state is State.OPEN:
+            conn.client_data(frame(OP_BINARY, b"stuck"))  # the target takes nothing
+            conn.client_leaving("client hung up without a Close")
+        run_clock(conn, 60.0)
+
+
+@pytest.mark.parametrize(("start", "what", "end"),
+                         [(start, what, end) for (start, what), end in TRANSITIONS.items()],
+                         ids=lambda value: getattr(value, "name", ""))
+def test_each_transition_of_the_table_happens_through_the_inputs(
+        start: State, what: Trigger, end: State) -> None:
+    conn = in_state(start)
+    trigger(conn, what)
+    assert conn.state is end
+    assert conn.done is (end is State.CLOSED)
