@@ -110,6 +110,8 @@ class Wakeup:
 class Relay:
     """Relays one client connection to one connected target socket."""
 
+    __slots__ = ("_client", "_leftover", "_peer", "_request", "_target", "_wake", "connection")
+
     def __init__(self, client: ClientConnection, target: socket.socket,
                  heartbeat: float = 0.0) -> None:
         self._client = client.sock
