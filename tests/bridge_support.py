@@ -276,6 +276,18 @@ def upgrade(sock: socket.socket, protocols: str | None = "binary", version: str 
     return read_http_head(sock)
 
 
+def raw_client(port: int, rcvbuf: int = 0) -> socket.socket:
+    """A raw socket upgraded to a WebSocket (binary); ``rcvbuf`` makes it a slow reader
+    with a small receive buffer."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if rcvbuf:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    assert http_status(upgrade(sock)) == 101
+    return sock
+
+
 def raw_request(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[int, bytes, bytes]:
     """Send raw bytes as an HTTP request; returns (status, head, body).
 

@@ -102,3 +102,14 @@ def test_random_text_decodes_or_fails_with_1007(text: bytes, cuts: list[int]) ->
         fails_with_1007(text, cuts)
     else:
         assert decode_in_pieces(text, cuts) == strict
+
+
+@pytest.mark.parametrize("cut", range(6))
+def test_data_after_padding_fails_when_it_arrives_however_cut(cut: int) -> None:
+    """Not only at the message end: a frame without its end fails the same way in
+    one read as in two (the Hixie codec relies on it)."""
+    decoder = Base64Decoder()
+    with pytest.raises(FrameError) as caught:
+        decoder.feed(b"SA==S"[:cut])
+        decoder.feed(b"SA==S"[cut:])
+    assert caught.value.close_code == 1007

@@ -2,7 +2,7 @@
 
 One object serves under websockify's own server and under gunicorn.  It only
 looks at ``environ``: ``environ['wsgi.websocket']`` holds either our
-:class:`~websockify.relay.ClientConnection` (our handler answered the handshake)
+:class:`~websockify.client.ClientConnection` (our handler answered the handshake)
 or gevent-websocket's ``WebSocket`` (its handler did), which is adopted here so
 that the relay, not gevent-websocket, reads the frames.  The application also
 carries the handshake settings, so any server running our handler finds them.
@@ -19,12 +19,12 @@ from gevent import socket
 
 from websockify import target, tls
 from websockify.access import TARGET_KEY, Access
+from websockify.client import ClientConnection, peer_name, take_buffered_input
 from websockify.errors import HandshakeError, TargetError
-from websockify.handler import peer_name, take_buffered_input
 from websockify.launcher import WrappedProgram
 from websockify.protocol.handshake import HandshakeOptions
 from websockify.protocol.hybi import HybiCodec
-from websockify.relay import ClientConnection, Relay, refuse
+from websockify.relay import Relay, refuse
 from websockify.settings import Settings, TcpAddress
 from websockify.static import StaticFiles
 

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from websockify.errors import FrameError
-from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong
+from websockify.protocol.codec import Buffer, Close, Codec, Data, Ping, Pong, Violation
 from websockify.protocol.hybi import HybiCodec
 
 
@@ -58,12 +57,7 @@ class FrameStream:
     def feed(self, data: Buffer) -> Received:
         """Decode client bytes; never raises for the peer's mistakes."""
         received = Received()
-        try:
-            events = self._codec.receive(data)
-        except FrameError as error:
-            events = error.events
-            received.violation = (error.close_code, error.reason)
-        for event in events:
+        for event in self._codec.receive(data):
             if isinstance(event, Data):
                 received.data.append(bytes(event.payload))
             elif isinstance(event, Ping):
@@ -72,6 +66,8 @@ class FrameStream:
                 received.pongs.append(event.payload)
             elif isinstance(event, Close):
                 received.close = (event.code, event.reason)
+            elif isinstance(event, Violation):  # always the last event
+                received.violation = (event.close_code, event.reason)
         return received
 
     def encode_data(self, payload: Buffer) -> bytes:

@@ -68,15 +68,16 @@ class HandshakeError(ProtocolError):
 
 
 class FrameError(ProtocolError):
-    """A frame broke the protocol; the connection is closed with ``close_code``."""
+    """A frame broke the protocol; the connection is closed with ``close_code``.
 
-    def __init__(self, reason: str, close_code: int = 1002, events: list | None = None) -> None:
+    Raised inside the codecs only: ``Codec.receive`` turns it into a final
+    ``Violation`` event, so the events parsed before it are never lost with it.
+    """
+
+    def __init__(self, reason: str, close_code: int = 1002) -> None:
         super().__init__(reason)
         self.reason = reason
         self.close_code = close_code
-        #: Events completed before the violation in the same input; the relay still
-        #: delivers them, so no byte that preceded a bad frame is lost.
-        self.events: list = events if events is not None else []
 
 
 class TargetError(WebsockifyError):

@@ -4,7 +4,7 @@ gevent's pywsgi parses the HTTP request (with its limits on line length and
 header count).  For an upgrade request we answer the handshake ourselves (RFC 6455
 13/8/7 and the Hixie drafts; gevent-websocket knows only RFC 6455 and would
 unmask every byte in Python), then hand the application a
-:class:`~websockify.relay.ClientConnection` in ``environ['wsgi.websocket']`` —
+:class:`~websockify.client.ClientConnection` in ``environ['wsgi.websocket']`` —
 the key gevent-websocket made the convention — and let it run the relay.
 
 Every other request goes to the application as plain WSGI.
@@ -22,10 +22,10 @@ from gevent.pywsgi import WSGIHandler
 
 from websockify import tls
 from websockify.access import CLIENT_CN_KEY
+from websockify.client import ClientConnection, peer_name, take_buffered_input
 from websockify.errors import HandshakeError
 from websockify.http_headers import read_headers
 from websockify.protocol import handshake
-from websockify.relay import ClientConnection
 
 logger = logging.getLogger(__name__)
 
@@ -185,24 +185,6 @@ class UpgradeHandler(WSGIHandler):
         self.response_length = length
 
 
-def take_buffered_input(rfile: Any, sock: Any) -> bytes:
-    """Bytes the HTTP reader already buffered past the handshake, without blocking.
-
-    A client may send its first frames together with the handshake; they sit in
-    ``rfile``'s buffer, not in the socket, and would be lost to the relay.  The
-    reader is closed: from here on the relay reads the socket itself.
-    """
-    sock.settimeout(0.0)
-    try:
-        data = rfile.read1(1 << 16) or b""
-    except OSError:
-        data = b""
-    finally:
-        sock.settimeout(None)  # blocking again, as the code after a handshake expects
-    rfile.close()
-    return bytes(data)
-
-
 def _no_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
     """start_response for an upgraded connection: the response was the handshake."""
     raise RuntimeError("the WebSocket handshake has already been answered")
@@ -217,11 +199,3 @@ def _lower_case_headers(message: Any) -> dict[str, str]:
         key = name.lower()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
     return headers
-
-
-def peer_name(address: Any) -> str:
-    """host:port of a client address ([v6]:port; "unix" for a unix-socket peer)."""
-    if isinstance(address, tuple) and len(address) >= 2:
-        host, port = address[0], address[1]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    return str(address) or "unix"

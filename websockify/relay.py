@@ -1,45 +1,48 @@
-"""The pump between one WebSocket client and one target, until either side ends.
+"""The gevent pump of one connection: wait for what it wants, feed it, send what it returns.
 
-One greenlet per connection (the handler's own), one loop, non-blocking sockets::
+The connection's life (states, close handshake, heartbeat, backpressure,
+counters) is :class:`websockify.protocol.connection.Connection`, which knows no
+sockets.  This module only does its I/O, in one greenlet (the handler's own) on
+non-blocking sockets::
 
-    client readable ─▶ recv ─▶ codec.receive ─▶ Data payloads ─▶ to_target ─▶ send ─▶ target
-    target readable ─▶ recv ─▶ codec.encode_data ─▶ header + payload ─▶ to_client ─▶ send ─▶ client
+    client readable ─▶ recv ─▶ Connection.client_data ─▶ to_target ─▶ send ─▶ target
+    target readable ─▶ recv ─▶ Connection.target_data ─▶ to_client ─▶ send ─▶ client
 
-Each direction holds at most one read's worth of pending output, and a side is
-only read while the output it feeds is empty.  That is the backpressure: a slow
-client stops the reading of the target (the kernel's socket buffers hold the
-rest), yet the other direction keeps flowing, so a target that writes before it
-reads can never deadlock the relay.  One greenlet (rather than one per
-direction) halves the memory an idle connection costs; control frames (pong,
-ping, close) join the same ``to_client`` queue, so frames never interleave.
+Watchers stay armed while the connection wants the same things, so a steady
+stream costs no watcher start and stop per read.  Whatever wakes the loop
+(sockets, the deadline timer, ``close()`` from another greenlet) sets a bit in
+:class:`Wakeup`; a bit set while the relay is busy elsewhere is kept for its
+next wait and never makes later waits return at once.
 
-Endings, each with one close code:
+While the connection does not read the client (its output to a slow target is
+pending), the client is probed once per ``PROBE_INTERVAL`` with a zero-timeout
+``poll`` for POLLRDHUP/POLLHUP/POLLERR: a client that sent FIN or a reset is
+noticed without reading (and so without buffering) its data
+(``Connection.client_leaving``).  A bounded extra read was the alternative; it
+would only see the FIN when the client sent less than that bound.
 
-* client Close → answered with the same code, target closed;
-* client EOF → target closed;
-* target EOF → Close 1000; target reset → Close 1011;
-* a protocol violation → its close code (1002, 1007, 1009), target closed;
-* ``close(1001)`` from the server on shutdown; a missed heartbeat pong → 1011.
-
-After a Close of ours the relay waits at most ``CLOSE_TIMEOUT`` for the client's
-answer (and for pending output to drain), then hangs up anyway.
+While closing, each deadline tick also passes the bytes the kernel still holds for
+either peer (``TIOCOUTQ``): a peer that drains them slowly is making progress.
 """
 
 from __future__ import annotations
 
 import contextlib
-import enum
+import fcntl
 import logging
+import select
 import socket as stdlib_socket
+import struct
+import termios
 import time
-from collections.abc import Sequence
+from typing import Any
 
 import gevent
-from gevent import get_hub, socket
-from gevent.hub import Waiter
+from gevent import get_hub, getcurrent, socket
 
-from websockify.errors import FrameError
-from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Ping, Pong
+from websockify.client import ClientConnection
+from websockify.protocol.codec import Buffer
+from websockify.protocol.connection import CLOSE_TIMEOUT, MAX_PIECES, Connection, State
 
 logger = logging.getLogger(__name__)
 
@@ -49,317 +52,290 @@ RECV_SIZE = 256 * 1024
 
 #: The one buffer every relay of this process reads into.  Greenlets run one at a
 #: time and never switch between a read and its processing, and whatever must
-#: outlive that step is copied out of it (unmasking writes new buffers; output the
-#: socket did not take at once is copied by ``_send_some``).  So an idle connection
-#: holds no read buffer, and no read pays for allocating (and, at this size, mmap-ing
-#: and unmapping) a fresh one.
+#: outlive that step is copied out of it: the codecs never return views of their
+#: input, and the connection copies target bytes still waiting for the client when
+#: it is told what was sent (``Connection.client_sent``), before any next read.  So
+#: an idle connection holds no read buffer, and no read pays for allocating (and,
+#: at this size, mmap-ing and unmapping) a fresh one.
 _read_buffer = bytearray(RECV_SIZE)
 _read_view = memoryview(_read_buffer)
-#: Seconds to wait for the client's answer to our Close (and for output to drain).
-CLOSE_TIMEOUT = 2.0
-#: More pieces than this are joined before sendmsg (the kernel caps iovecs at 1024).
-MAX_PIECES = 64
+#: Seconds between checks whether a client that is not read has left.
+PROBE_INTERVAL = 1.0
+#: Reads at most that empty a socket's input before it is closed (no reset then).
+_FINAL_DRAIN_READS = 16
 
 _READ, _WRITE = 1, 2
+# Why the loop woke up: bits of Wakeup.reasons.
+_CLIENT_READABLE = 1
+_CLIENT_WRITABLE = 2
+_TARGET_READABLE = 4
+_TARGET_WRITABLE = 8
+_DEADLINE = 16
+_PROBE = 32
+_REQUEST = 64
+_GONE = select.POLLRDHUP | select.POLLHUP | select.POLLERR
+_OPEN = State.OPEN
 
 
-class _Wake(enum.IntEnum):
-    """Why the relay's loop woke up."""
+class Wakeup:
+    """Reasons to wake, collected as bits; switches to the relay only while it waits."""
 
-    CLIENT_READABLE = enum.auto()
-    CLIENT_WRITABLE = enum.auto()
-    TARGET_READABLE = enum.auto()
-    TARGET_WRITABLE = enum.auto()
-    DEADLINE = enum.auto()
-    HEARTBEAT = enum.auto()
-    REQUEST = enum.auto()
+    __slots__ = ("_sleeper", "reasons")
 
+    def __init__(self) -> None:
+        self.reasons = 0
+        self._sleeper: Any = None
 
-class ClientConnection:
-    """A client socket after the handshake: what ``environ['wsgi.websocket']`` holds.
+    def set(self, reason: int) -> None:
+        """Called from the hub (watcher callbacks, ``run_callback``)."""
+        self.reasons |= reason
+        sleeper = self._sleeper
+        if sleeper is not None:
+            self._sleeper = None
+            sleeper.switch()
 
-    ``leftover`` are bytes the client sent right after its handshake that the HTTP
-    reader had already buffered; the relay parses them before reading the socket.
-    """
-
-    __slots__ = ("codec", "leftover", "peer", "sock", "version")
-
-    def __init__(
-        self, sock: socket.socket, codec: Codec, leftover: bytes, peer: str, version: str
-    ) -> None:
-        self.sock = sock
-        self.codec = codec
-        self.leftover = leftover
-        self.peer = peer
-        self.version = version
+    def wait(self, hub: Any) -> int:
+        """The reasons set since the last wait; sleeps in the hub if there are none."""
+        if not self.reasons:
+            self._sleeper = getcurrent()
+            try:
+                hub.switch()
+            finally:
+                self._sleeper = None
+        reasons = self.reasons
+        self.reasons = 0
+        return reasons
 
 
 class Relay:
     """Relays one client connection to one connected target socket."""
 
+    __slots__ = ("_client", "_leftover", "_peer", "_request", "_target", "_wake", "connection")
+
     def __init__(self, client: ClientConnection, target: socket.socket,
                  heartbeat: float = 0.0) -> None:
         self._client = client.sock
-        self._codec = client.codec
         self._leftover = client.leftover
         self._peer = client.peer
         self._target = target
-        self._heartbeat = heartbeat if client.codec.supports_ping else 0.0
-        self._waiter = Waiter()
-        self._to_target: list[Buffer] = []
-        self._to_client: list[Buffer] = []
-        self._reading_client = True
-        self._reading_target = True
-        self._discarding_client = False
-        self._close_sent = False
-        self._awaiting_pong = False
-        self._deadline: float | None = None
-        self._close_request: tuple[int, str] | None = None
-        self._ending = "client closed the connection"
-        self.bytes_to_target = 0
-        self.bytes_to_client = 0
-
-    # ------------------------------------------------------------------ running
+        self.connection = Connection(client.codec, time.monotonic(), heartbeat)
+        self._wake = Wakeup()
+        self._request: tuple[int, str] | None = None
 
     def run(self) -> None:
-        """Relay until both directions are finished; closes both sockets."""
-        loop = get_hub().loop
-        client_fd, target_fd = self._client.fileno(), self._target.fileno()
-        watchers = {
-            _Wake.CLIENT_READABLE: loop.io(client_fd, _READ),
-            _Wake.CLIENT_WRITABLE: loop.io(client_fd, _WRITE),
-            _Wake.TARGET_READABLE: loop.io(target_fd, _READ),
-            _Wake.TARGET_WRITABLE: loop.io(target_fd, _WRITE),
-        }
-        heartbeat = None
-        if self._heartbeat:
-            heartbeat = loop.timer(self._heartbeat, self._heartbeat)
-            heartbeat.start(self._waiter.switch, _Wake.HEARTBEAT)
-        self._client.settimeout(0.0)
-        self._target.settimeout(0.0)
+        """Relay until the connection is done; closes both sockets and logs the ending."""
+        hub = get_hub()
+        loop = hub.loop
+        conn = self.connection
+        client, target, wake = self._client, self._target, self._wake
+        watchers = [
+            (_CLIENT_READABLE, loop.io(client.fileno(), _READ)),
+            (_CLIENT_WRITABLE, loop.io(client.fileno(), _WRITE)),
+            (_TARGET_READABLE, loop.io(target.fileno(), _READ)),
+            (_TARGET_WRITABLE, loop.io(target.fileno(), _WRITE)),
+        ]
+        probe: Any = None  # made when first needed: most connections never need it
+        timer: Any = None
+        timer_at: float | None = None
+        armed = 0
+        client.settimeout(0.0)
+        target.settimeout(0.0)
         try:
             if self._leftover:
-                self._from_client(self._leftover)
+                conn.client_data(self._leftover)
                 self._leftover = b""
             while True:
-                self._flush()
-                if not (self._reading_client or self._reading_target
-                        or self._to_client or self._to_target):
-                    break
-                wake = self._wait(loop, watchers)
-                if wake is _Wake.DEADLINE:
-                    break
-                self._on_wake(wake)
+                if conn.to_client:
+                    self._send_client()
+                if conn.to_target:
+                    self._send_target()
+                if conn.state is not _OPEN:  # closing: half-close, or end
+                    if conn.shut_client:
+                        _shutdown(client)
+                        conn.client_shut()
+                    if conn.shut_target:
+                        _shutdown(target)
+                        conn.target_shut()
+                    if conn.done:
+                        break
+                wanted = ((_CLIENT_READABLE if conn.read_client else 0)
+                          | (_CLIENT_WRITABLE if conn.to_client else 0)
+                          | (_TARGET_READABLE if conn.read_target else 0)
+                          | (_TARGET_WRITABLE if conn.to_target else 0))
+                if wanted != armed:
+                    for bit, watcher in watchers:
+                        if (wanted ^ armed) & bit:
+                            if wanted & bit:
+                                watcher.start(wake.set, bit)
+                            else:
+                                watcher.stop()
+                    armed = wanted
+                if conn.deadline != timer_at:
+                    if timer is not None:
+                        timer.close()
+                        timer = None
+                    timer_at = conn.deadline
+                    if timer_at is not None:
+                        timer = loop.timer(max(0.0, timer_at - time.monotonic()))
+                        timer.start(wake.set, _DEADLINE)
+                if not conn.read_client and conn.client_connected:
+                    if probe is None:
+                        probe = loop.timer(PROBE_INTERVAL)
+                    if not probe.active:
+                        probe.start(wake.set, _PROBE)
+
+                reasons = wake.wait(hub)
+
+                if reasons & _PROBE and not conn.read_client and conn.client_connected:
+                    self._probe_client()
+                if reasons & _DEADLINE:
+                    timer_at = None  # fired: a new one is made for the next deadline
+                    in_flight = 0
+                    if conn.state is not _OPEN:
+                        in_flight = _unsent(client) + _unsent(target)
+                    conn.tick(time.monotonic(), in_flight)
+                if reasons & _REQUEST and self._request is not None:
+                    conn.shutdown(*self._request)
+                    self._request = None
+                # The client first: target bytes stay in the shared buffer until sent.
+                if reasons & _CLIENT_READABLE and conn.read_client:
+                    self._read_client()
+                if reasons & _TARGET_READABLE and conn.read_target:
+                    self._read_target()
         finally:
-            for watcher in watchers.values():
+            for _, watcher in watchers:
                 watcher.close()
-            if heartbeat is not None:
-                heartbeat.close()
-            self._target.close()
-            self._client.close()
-            logger.info("%s: %s (%d bytes to target, %d to client)",
-                        self._peer, self._ending, self.bytes_to_target, self.bytes_to_client)
+            if probe is not None:
+                probe.close()
+            if timer is not None:
+                timer.close()
+            stranded = 0
+            if conn.counters.close_timed_out:
+                stranded = _unsent(client) + _unsent(target)
+            _close(target)
+            _close(client)
+            conn.counters.ended = time.monotonic()
+            self._log_ending(stranded)
 
     def close(self, code: int, reason: str) -> None:
         """End the connection from another greenlet (server shutdown): Close ``code``."""
-        self._close_request = (code, reason)
-        get_hub().loop.run_callback(self._waiter.switch, _Wake.REQUEST)
+        self._request = (code, reason)
+        get_hub().loop.run_callback(self._wake.set, _REQUEST)
 
-    def _wait(self, loop: object, watchers: dict[_Wake, object]) -> _Wake:
-        """Sleep until a socket this state cares about is ready, or the deadline."""
-        armed = []
-        if self._reading_client and not self._to_target:
-            armed.append(_Wake.CLIENT_READABLE)
-        if self._to_target:
-            armed.append(_Wake.TARGET_WRITABLE)
-        if self._reading_target and not self._to_client:
-            armed.append(_Wake.TARGET_READABLE)
-        if self._to_client:
-            armed.append(_Wake.CLIENT_WRITABLE)
-        for wake in armed:
-            watchers[wake].start(self._waiter.switch, wake)  # type: ignore[attr-defined]
-        timer = None
-        if self._deadline is not None:
-            timer = loop.timer(max(0.0, self._deadline - time.monotonic()))  # type: ignore[attr-defined]
-            timer.start(self._waiter.switch, _Wake.DEADLINE)
-        try:
-            wake_reason: _Wake = self._waiter.get()
-            return wake_reason
-        finally:
-            for wake in armed:
-                watchers[wake].stop()  # type: ignore[attr-defined]
-            if timer is not None:
-                timer.close()
-
-    def _on_wake(self, wake: _Wake) -> None:
-        if wake is _Wake.CLIENT_READABLE:
-            self._read_client()
-        elif wake is _Wake.TARGET_READABLE:
-            self._read_target()
-        elif wake is _Wake.HEARTBEAT:
-            self._heartbeat_tick()
-        elif wake is _Wake.REQUEST and self._close_request is not None:
-            code, reason = self._close_request
-            self._close_request = None
-            self._ending = reason
-            self._start_closing(code, reason)
-        # A writable socket needs nothing here: the loop flushes before every wait.
-
-    # ------------------------------------------------------- client → target
+    # -- I/O ---------------------------------------------------------------------------
 
     def _read_client(self) -> None:
         try:
-            data = _read_view[: self._client.recv_into(_read_buffer)]
+            size = self._client.recv_into(_read_buffer)
         except BlockingIOError:
             return
         except OSError as exc:
-            self._client_lost(f"client connection lost ({exc.strerror or exc})")
+            self.connection.client_lost(exc.strerror or str(exc))
             return
-        if not data:
-            if not self._close_sent:
-                self._ending = "client hung up without a Close"
-            self._reading_client = False
-            self._reading_target = False
-            self._set_deadline()
-        elif not self._discarding_client:
-            self._from_client(data)
-
-    def _from_client(self, data: Buffer) -> None:
-        try:
-            events = self._codec.receive(data)
-        except FrameError as error:
-            self._act_on(error.events)
-            self._ending = f"protocol error: {error.reason} (close {error.close_code})"
-            logger.warning("%s: %s", self._peer, self._ending)
-            self._start_closing(error.close_code, error.reason)
-            # Keep reading, but only to drop input until the client hangs up: closing
-            # with unread input makes the kernel send a reset, which can destroy the
-            # Close frame before the client reads it.
-            self._discarding_client = True
-            return
-        self._act_on(events)
-
-    def _act_on(self, events: Sequence[Event]) -> None:
-        for event in events:
-            if type(event) is Data:
-                self._to_target.append(event.payload)
-                self.bytes_to_target += memoryview(event.payload).nbytes
-            elif isinstance(event, Ping):
-                self._to_client.append(self._codec.encode_pong(event.payload))
-            elif isinstance(event, Pong):
-                self._awaiting_pong = False
-            elif isinstance(event, Close):
-                if not self._close_sent:
-                    self._ending = f"client sent Close {event.code}"
-                    self._queue_close(event.code if event.code is not None else 1000, "")
-                self._reading_client = False
-                self._reading_target = False
-                self._set_deadline()
-                return
-
-    # ------------------------------------------------------- target → client
+        if size:
+            self.connection.client_data(_read_view[:size])
+        else:
+            self.connection.client_eof()
 
     def _read_target(self) -> None:
         try:
-            data = _read_view[: self._target.recv_into(_read_buffer)]
+            size = self._target.recv_into(_read_buffer)
         except BlockingIOError:
             return
         except OSError as exc:
-            self._ending = f"target connection lost ({exc.strerror or exc})"
-            self._start_closing(1011, "target connection lost")
+            self.connection.target_lost(exc.strerror or str(exc))
             return
-        if not data:
-            self._ending = "target closed the connection"
-            self._start_closing(1000, "target closed the connection")
+        if size:
+            self.connection.target_data(_read_view[:size])
+        else:
+            self.connection.target_eof()
+
+    def _send_client(self) -> None:
+        try:
+            sent = _send(self._client, self.connection.to_client)
+        except OSError as exc:
+            self.connection.client_lost(exc.strerror or str(exc))
             return
-        self._to_client.extend(self._codec.encode_data(data))
-        self.bytes_to_client += len(data)
+        self.connection.client_sent(sent)
 
-    # ------------------------------------------------------- writing
-
-    def _flush(self) -> None:
-        """Send what the sockets take now, without blocking."""
-        if self._to_target:
-            try:
-                self._to_target = _send_some(self._target, self._to_target)
-            except OSError as exc:
-                self._to_target = []
-                if self._reading_target:
-                    self._ending = f"target connection lost ({exc.strerror or exc})"
-                    self._start_closing(1011, "target connection lost")
-        if self._to_client:
-            try:
-                self._to_client = _send_some(self._client, self._to_client)
-            except OSError as exc:
-                self._client_lost(f"client connection lost ({exc.strerror or exc})")
-                return
-            if not self._to_client and self._discarding_client:
-                _shutdown(self._client, stdlib_socket.SHUT_WR)
-
-    def _queue_close(self, code: int, reason: str) -> None:
-        if not self._close_sent:
-            self._close_sent = True
-            self._to_client.append(self._codec.encode_close(code, reason))
-
-    def _start_closing(self, code: int, reason: str) -> None:
-        """Our side ends the connection: Close after pending data, await the answer."""
-        self._queue_close(code, reason)
-        self._reading_target = False
-        self._set_deadline()
-
-    def _set_deadline(self) -> None:
-        if self._deadline is None:
-            self._deadline = time.monotonic() + CLOSE_TIMEOUT
-
-    def _client_lost(self, ending: str) -> None:
-        self._ending = ending
-        self._reading_client = self._reading_target = False
-        self._to_client = []
-
-    # ------------------------------------------------------- heartbeat
-
-    def _heartbeat_tick(self) -> None:
-        """A ping still unanswered when the next is due means the peer is gone."""
-        if self._close_sent:
+    def _send_target(self) -> None:
+        try:
+            sent = _send(self._target, self.connection.to_target)
+        except OSError as exc:
+            self.connection.target_lost(exc.strerror or str(exc))
             return
-        if self._awaiting_pong:
-            self._ending = f"no pong within {self._heartbeat:g}s"
-            logger.info("%s: %s", self._peer, self._ending)
-            self._start_closing(1011, "heartbeat timeout")
+        self.connection.target_sent(sent)
+
+    def _probe_client(self) -> None:
+        """Has the client (not read now) sent FIN or a reset?  Costs one poll()."""
+        poller = select.poll()
+        poller.register(self._client.fileno(), _GONE)
+        events = poller.poll(0)
+        if not events:
             return
-        self._awaiting_pong = True
-        self._to_client.append(self._codec.encode_ping(b""))
+        if events[0][1] & (select.POLLHUP | select.POLLERR):
+            self.connection.client_leaving("client connection lost (reset)")
+        else:
+            self.connection.client_leaving("client hung up without a Close")
+
+    def _log_ending(self, stranded: int) -> None:
+        conn = self.connection
+        counters = conn.counters
+        ending = conn.ending
+        reason = ending.reason if ending is not None else "ended"
+        code = ending.close_code if ending is not None else 1006
+        notes = ""
+        if counters.undelivered_to_target:
+            notes += f"; {counters.undelivered_to_target} bytes NOT delivered to the target"
+        if counters.undelivered_to_client:
+            notes += f"; {counters.undelivered_to_client} bytes NOT delivered to the client"
+        if counters.close_timed_out:
+            notes += f"; closing gave up after {CLOSE_TIMEOUT:g}s without progress"
+            if stranded:
+                notes += f", {stranded} bytes sent but never taken by the peers"
+        level = logging.WARNING if code in (1002, 1007, 1009) else logging.INFO
+        logger.log(level, "%s: %s (close %d; %d bytes to target, %d to client%s)",
+                   self._peer, reason, code, counters.target_bytes_sent,
+                   counters.payload_bytes_to_client, notes)
 
 
-def _send_some(sock: socket.socket, pieces: list[Buffer]) -> list[Buffer]:
-    """Send as much of ``pieces`` as the socket takes now; returns what is left."""
-    if len(pieces) > MAX_PIECES:
-        pieces = [b"".join(pieces)]
+def _send(sock: socket.socket, pieces: list[Buffer]) -> int:
+    """Send what the socket takes now of ``pieces``; returns the byte count."""
     try:
-        sent = sock.send(pieces[0]) if len(pieces) == 1 else sock.sendmsg(pieces)
+        count = len(pieces)
+        if count == 1:
+            return sock.send(pieces[0])
+        return sock.sendmsg(pieces if count <= MAX_PIECES else pieces[:MAX_PIECES])
     except BlockingIOError:
-        return [_own(piece) for piece in pieces]
-    for index, piece in enumerate(pieces):
-        size = memoryview(piece).nbytes
-        if sent < size:
-            rest = [_own(rest_piece) for rest_piece in pieces[index:]]
-            if sent:
-                rest[0] = memoryview(rest[0])[sent:]
-            return rest
-        sent -= size
-    return []
+        return 0
 
 
-def _own(piece: Buffer) -> Buffer:
-    """``piece``, copied if it lies in the shared read buffer (it must wait for the socket)."""
-    if isinstance(piece, memoryview) and piece.obj is _read_buffer:
-        return bytes(piece)
-    return piece
+def _unsent(sock: socket.socket) -> int:
+    """Bytes the kernel holds for the peer (sent, not yet acknowledged or read)."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except OSError:
+        return 0
+    (count,) = struct.unpack("i", raw)
+    return int(count)
 
 
-def _shutdown(sock: socket.socket, how: int) -> None:
+def _shutdown(sock: socket.socket) -> None:
+    """Half-close: the peer reads EOF after everything sent so far."""
     with contextlib.suppress(OSError):
-        sock.shutdown(how)
+        sock.shutdown(stdlib_socket.SHUT_WR)
+
+
+def _close(sock: socket.socket) -> None:
+    """Close ``sock`` after emptying its input, so the kernel sends FIN, not a reset.
+
+    A reset would drop what the kernel has not sent yet: the tail of the stream.
+    """
+    with contextlib.suppress(OSError):
+        for _ in range(_FINAL_DRAIN_READS):
+            if not sock.recv_into(_read_buffer):
+                break
+    sock.close()
 
 
 def refuse(client: ClientConnection, code: int, reason: str) -> None:
@@ -373,4 +349,5 @@ def refuse(client: ClientConnection, code: int, reason: str) -> None:
     except OSError:
         pass
     finally:
-        client.sock.close()
+        client.sock.settimeout(0.0)
+        _close(client.sock)

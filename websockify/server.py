@@ -25,7 +25,8 @@ from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from websockify import listeners
 from websockify.app import WebsockifyApp, create_app
-from websockify.handler import UpgradeHandler, peer_name
+from websockify.client import peer_name
+from websockify.handler import UpgradeHandler
 from websockify.launcher import WrappedProgram
 from websockify.readiness import Readiness
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress

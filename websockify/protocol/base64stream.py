@@ -58,6 +58,10 @@ class Base64Decoder:
             return b""
         decoded = _decode_groups(data[:whole])
         self._padded = data[whole - 1] == _PAD
+        if self._padded and self._rest:
+            # Checked now, not when the rest makes a group: the same bytes must fail
+            # the same way however the reads cut them.
+            raise FrameError("base64 data after padding", INVALID_PAYLOAD)
         return decoded
 
     def end_message(self) -> None:

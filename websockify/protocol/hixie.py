@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from websockify.errors import FrameError, HandshakeError
 from websockify.protocol.base64stream import Base64Decoder
-from websockify.protocol.codec import Buffer, Close, Codec, Data, Event
+from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Violation
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -143,6 +143,11 @@ class HixieCodec(Codec):
     never buffered whole, only the last partial base64 group is, and a frame longer
     than ``max_message_size`` is refused as soon as it grows past it.  The scan for
     the end of a frame is one ``bytes.find`` per frame, so large reads cost C speed.
+
+    The outcome does not depend on how TCP cut the input: a frame's text is decoded
+    up to the size limit before the limit is enforced, so an oversized frame ends
+    with 1009 unless a violation inside its first ``max_message_size`` bytes came
+    first (1007), in one read or in many.
     """
 
     #: The drafts carry text only, so every payload is base64 both ways.
@@ -159,6 +164,7 @@ class HixieCodec(Codec):
         #: A 0xFF type byte was seen at the end of the last input: 0x00 must follow.
         self._closing = False
         self._closed = False
+        self.frames_received = 0
 
     def receive(self, data: Buffer) -> list[Event]:
         if self._closed:
@@ -169,8 +175,10 @@ class HixieCodec(Codec):
         try:
             self._parse(chunk, decoded, events)
         except FrameError as error:
+            self._closed = True
             _flush(decoded, events)
-            raise FrameError(error.reason, error.close_code, events) from error
+            events.append(Violation(error.reason, error.close_code))
+            return events
         _flush(decoded, events)
         return events
 
@@ -183,11 +191,12 @@ class HixieCodec(Codec):
             if self._in_frame:
                 end = chunk.find(TEXT_END, pos)
                 stop = size if end < 0 else end
+                room = self.max_message_size - self._frame_length
+                too_long = stop - pos > room
+                if too_long:
+                    # Decode what fits first, as a read that ended at the limit would.
+                    stop, end = pos + room, -1
                 self._frame_length += stop - pos
-                if self._frame_length > self.max_message_size:
-                    raise FrameError(
-                        f"Hixie frame longer than the maximum message size "
-                        f"({self.max_message_size} bytes)", 1009)
                 text = view[pos:stop]
                 try:
                     payload = self._decoder.feed(text)
@@ -197,6 +206,10 @@ class HixieCodec(Codec):
                     raise _explain(error, text) from None
                 if payload:
                     decoded.append(payload)
+                if too_long:
+                    raise FrameError(
+                        f"Hixie frame longer than the maximum message size "
+                        f"({self.max_message_size} bytes)", 1009)
                 if end < 0:
                     return
                 self._in_frame = False
@@ -212,9 +225,11 @@ class HixieCodec(Codec):
             else:
                 kind = chunk[pos]
                 if kind == TEXT_TYPE:
+                    self.frames_received += 1
                     self._in_frame = True
                     self._frame_length = 0
                 elif kind == CLOSE_TYPE:
+                    self.frames_received += 1
                     self._closing = True
                 else:
                     raise FrameError(f"Hixie frame type 0x{kind:02x} is not 0x00 or 0xff")

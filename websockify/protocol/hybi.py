@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 from websockify.errors import FrameError
 from websockify.protocol.base64stream import INVALID_PAYLOAD, Base64Decoder
-from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Ping, Pong
+from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Ping, Pong, Violation
 from websockify.protocol.masking import unmask
 
 OP_CONTINUATION = 0x0
@@ -80,7 +80,7 @@ class HybiCodec(Codec):
     kept between calls are copied), so the caller may pass any bytes-like object,
     even a buffer it reuses for the next read.
 
-    After a Close event, or a FrameError, further input is ignored.
+    After a Close or a Violation event, further input is ignored.
 
     Text frames are relayed too: in "binary" mode (or with no subprotocol) as
     their bytes, after checking that each message is UTF-8; in "base64" mode their
@@ -96,6 +96,7 @@ class HybiCodec(Codec):
         self._max_message_size = max_message_size
         self._base64 = subprotocol == "base64"
         self._closed = False
+        self.frames_received = 0
         #: The start of a header that has not fully arrived.
         self._partial_header = b""
         # The frame being read: its payload goes to _sink, unmasked.
@@ -127,8 +128,7 @@ class HybiCodec(Codec):
             self._parse(memoryview(data).cast("B"), events)
         except FrameError as error:
             self._closed = True
-            error.events = events
-            raise
+            events.append(Violation(error.reason, error.close_code))
         return events
 
     def _parse(self, view: memoryview, events: list[Event]) -> None:
@@ -222,6 +222,7 @@ class HybiCodec(Codec):
             if end - pos < size:
                 return 0
 
+        self.frames_received += 1
         if opcode in _CONTROL_OPCODES:
             self._control.clear()
             self._sink = self._keep_control
