@@ -86,8 +86,9 @@ def echo(conn: socket.socket) -> None:
 class Websockify:
     """A websockify subprocess started from the command line, as a user would.
 
-    Its log goes to a file (never a pipe that could fill); ``port`` is read from
-    the "listening on" line.
+    ``program`` replaces ``python -m websockify`` (e.g. with a test program that
+    builds the server itself).  Its log goes to a file (never a pipe that could
+    fill); ``port`` is read from the "listening on" line.
     """
 
     def __init__(self, args: list[str], log_path: Path, env: dict[str, str] | None = None,

@@ -4,8 +4,8 @@ One object serves under websockify's own server and under gunicorn.  It only
 looks at ``environ``: ``environ['wsgi.websocket']`` holds either our
 :class:`~websockify.relay.ClientConnection` (our handler answered the handshake)
 or gevent-websocket's ``WebSocket`` (its handler did), which is adopted here so
-that the relay, not gevent-websocket, reads the frames.  The application also
-carries the handshake settings, so any server running our handler finds them.
+that the relay, not gevent-websocket, reads the frames.  It may be wrapped in WSGI
+middleware: the handler takes its settings from the server, not from here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from websockify.access import TARGET_KEY, Access
 from websockify.errors import HandshakeError, TargetError
 from websockify.handler import peer_name, take_buffered_input
 from websockify.launcher import WrappedProgram
-from websockify.protocol.handshake import HandshakeOptions
 from websockify.protocol.hybi import HybiCodec
 from websockify.relay import ClientConnection, Relay, refuse
 from websockify.settings import Settings, TcpAddress
@@ -47,20 +46,13 @@ class WebsockifyApp:
         settings: Settings,
         *,
         static: WSGIApp | None = None,
-        on_relay_end: Callable[[], None] | None = None,
         access: Access | None = None,
     ) -> None:
         self._connect_target = connect_target
         self._access = access if access is not None and access.active else None
         self._heartbeat = settings.heartbeat
         self._static = static
-        self._on_relay_end = on_relay_end
-        #: Read by websockify.handler.UpgradeHandler, whichever server runs it.
-        self.handshake_timeout = settings.limits.handshake_timeout
-        self.handshake_options = HandshakeOptions(
-            max_message_size=settings.limits.max_message_size,
-            allow_hixie=settings.allow_hixie,
-        )
+        self._max_message_size = settings.limits.max_message_size
         self.relays: set[Relay] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
@@ -116,8 +108,7 @@ class WebsockifyApp:
         handler = websocket.handler
         offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
         chosen = self.app_protocol(environ.get("PATH_INFO", ""))
-        codec = HybiCodec(chosen if chosen in offered else None,
-                          self.handshake_options.max_message_size)
+        codec = HybiCodec(chosen if chosen in offered else None, self._max_message_size)
         client = ClientConnection(
             handler.socket, codec,
             take_buffered_input(handler.rfile, handler.socket)
@@ -137,32 +128,27 @@ class WebsockifyApp:
 
     def _serve_websocket(self, client: ClientConnection, environ: dict[str, Any]) -> None:
         try:
-            try:
-                target_socket = self._connect_target(environ)
-            except TargetError as error:
-                logger.warning("%s: %s", client.peer, error)
-                refuse(client, 1011, str(error))
-                return
-            _log_connected(client, target_socket)
-            relay = Relay(client, target_socket, self._heartbeat)
-            self.relays.add(relay)
-            try:
-                relay.run()
-            finally:
-                self.relays.discard(relay)
+            target_socket = self._connect_target(environ)
+        except TargetError as error:
+            logger.warning("%s: %s", client.peer, error)
+            refuse(client, 1011, str(error))
+            return
+        _log_connected(client, target_socket)
+        relay = Relay(client, target_socket, self._heartbeat)
+        self.relays.add(relay)
+        try:
+            relay.run()
         finally:
-            if self._on_relay_end is not None:
-                self._on_relay_end()
+            self.relays.discard(relay)
 
 
-def create_app(settings: Settings, program: WrappedProgram | None = None,
-               on_relay_end: Callable[[], None] | None = None) -> WebsockifyApp:
+def create_app(settings: Settings, program: WrappedProgram | None = None) -> WebsockifyApp:
     """The application for ``settings``: its target (or ``program``) and --web files."""
     static = StaticFiles(settings.web, file_only=settings.file_only) if settings.web else None
     access = Access(settings.access, settings.target, settings.limits.connect_timeout)
     return WebsockifyApp(
         _target_opener(settings, program, settings.limits.connect_timeout), settings,
-        static=static, on_relay_end=on_relay_end, access=access,
+        static=static, access=access,
     )
 
 

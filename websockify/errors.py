@@ -4,6 +4,7 @@
 
     WebsockifyError                 anything websockify raises on purpose
     ├── ConfigError                 a bad command line or setting (exit status 2)
+    ├── StartupError                cannot start serving: port in use, … (exit status 3)
     ├── ProtocolError               the peer broke the WebSocket protocol
     │   ├── HandshakeError          refused before the upgrade: carries the HTTP status
     │   └── FrameError              refused after the upgrade: carries the close code
@@ -17,6 +18,10 @@ outside this tree is our own fault and is logged with a traceback.  Messages of
 
 from __future__ import annotations
 
+#: Could not start serving: the port is in use, the unix socket path is another
+#: server's, permission to listen is denied.
+EXIT_STARTUP_FAILURE = 3
+
 
 class WebsockifyError(Exception):
     """Base of every error websockify raises on purpose."""
@@ -24,6 +29,10 @@ class WebsockifyError(Exception):
 
 class ConfigError(WebsockifyError):
     """The command line or the settings are wrong; the user must fix them."""
+
+
+class StartupError(WebsockifyError):
+    """The settings are valid but the server cannot start with them here and now."""
 
 
 class ProtocolError(WebsockifyError):

@@ -18,23 +18,13 @@ stops the worker at boot with websockify's one-line error.
 
 from __future__ import annotations
 
-import os
-import shlex
-
 from websockify import cli
 from websockify.app import WebsockifyApp, create_app
-from websockify.errors import ConfigError
-
-ARGS_ENV = "WEBSOCKIFY_ARGS"
 
 
 def application_from_environment() -> WebsockifyApp:
     """The application that $WEBSOCKIFY_ARGS describes; -v and --log-file set up logging."""
-    args = os.environ.get(ARGS_ENV)
-    if not args:
-        raise ConfigError(f"set {ARGS_ENV} to websockify's arguments, e.g. "
-                          f"{ARGS_ENV}='localhost:5900'")
-    settings = cli.parse(shlex.split(args), for_wsgi=True)
+    settings = cli.parse_wsgi_environment()
     if settings.verbose or settings.log_file:
         cli.setup_logging(settings.verbose, settings.log_file)
     return create_app(settings)
