@@ -47,6 +47,7 @@ GEVENT_HOOKS: dict[str, str] = {
     "handle": "per-connection set-up: socket timeout, settings from the server",
     "read_requestline": "starts the deadline of the whole request",
     "MessageClass": "reads the header block (websockify.http_headers, faster)",
+    "get_environ": "https and the client certificate's CN for TLS connections",
     "read_request": "header parser errors and defects become 400",
     "_handle_client_error": "a vanished client gets no 400 and no traceback",
     "run_application": "the upgrade path; the body read within the deadline",
