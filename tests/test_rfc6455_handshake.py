@@ -169,8 +169,8 @@ def test_unsupported_subprotocol_is_refused() -> None:
 def test_requests_older_than_http_1_1_are_refused(version: str) -> None:
     """RFC 6455 4.1: the opening handshake is an HTTP/1.1 request (or later)."""
     with pytest.raises(HandshakeError) as caught:
-        rfc6455.accept(UpgradeRequest("GET", "/", request().headers, http_version=version),
-                       HandshakeOptions())
+        handshake.accept(UpgradeRequest("GET", "/", request().headers, http_version=version),
+                         b"", HandshakeOptions())
     assert caught.value.status == 400
     assert caught.value.reason == (
         f"a WebSocket upgrade needs HTTP/1.1 or later, not {version!r}")
@@ -178,19 +178,25 @@ def test_requests_older_than_http_1_1_are_refused(version: str) -> None:
 
 @pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.2"])
 def test_http_1_1_and_later_are_accepted(version: str) -> None:
-    upgrade = rfc6455.accept(
-        UpgradeRequest("GET", "/", request().headers, http_version=version), HandshakeOptions())
+    upgrade = handshake.accept(
+        UpgradeRequest("GET", "/", request().headers, http_version=version), b"",
+        HandshakeOptions())
     assert upgrade.response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
 
 
 @pytest.mark.parametrize("host", [None, "", "  "])
 def test_request_without_a_host_is_refused(host: str | None) -> None:
-    assert refused(host=host).reason == "a WebSocket upgrade needs a Host header"
+    with pytest.raises(HandshakeError) as caught:
+        handshake.accept(request(host=host), b"", HandshakeOptions())
+    assert caught.value.status == 400
+    assert caught.value.reason == "a WebSocket upgrade needs a Host header"
 
 
 def test_refusal_response_is_byte_exact() -> None:
     """What a client without Host reads: status, the reason as text, then close."""
-    assert handshake.error_response(refused(host=None)) == (
+    with pytest.raises(HandshakeError) as caught:
+        handshake.accept(request(host=None), b"", HandshakeOptions())
+    assert handshake.error_response(caught.value) == (
         b"HTTP/1.1 400 Bad Request\r\n"
         b"Content-Type: text/plain; charset=utf-8\r\n"
         b"Content-Length: 40\r\n"

@@ -62,6 +62,7 @@ def accept(request: UpgradeRequest, body: bytes, options: HandshakeOptions) -> U
     if request.method != "GET":
         raise HandshakeError("WebSocket upgrade needs GET", status=405)
     if not is_hixie(request.headers):
+        rfc6455.check_request(request)
         return rfc6455.accept(request, options)
     if not options.allow_hixie:
         raise HandshakeError(

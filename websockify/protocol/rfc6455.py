@@ -52,6 +52,16 @@ def _check_key(key: str | None) -> str:
     return key
 
 
+def check_request(request: UpgradeRequest) -> None:
+    """RFC 6455 section 4.1's demands on the HTTP request itself: HTTP/1.1 or later,
+    with a Host.  Checked by :func:`websockify.protocol.handshake.accept`; a caller of
+    :func:`accept` with headers alone (upstream's ``WebSocket.accept``) leaves them
+    to its HTTP layer."""
+    _check_http_version(request.http_version)
+    if not request.headers.get("host", "").strip():
+        raise HandshakeError("a WebSocket upgrade needs a Host header")
+
+
 def _check_http_version(version: str) -> None:
     """RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 (or later) request."""
     match = _HTTP_VERSION.fullmatch(version)
@@ -63,9 +73,6 @@ def _check_http_version(version: str) -> None:
 def accept(request: UpgradeRequest, options: HandshakeOptions) -> Upgrade:
     """Answer an RFC 6455 (or HyBi 7/8) upgrade; raises HandshakeError(400) on a bad one."""
     headers = request.headers
-    _check_http_version(request.http_version)
-    if not headers.get("host", "").strip():
-        raise HandshakeError("a WebSocket upgrade needs a Host header")
     if "websocket" not in _tokens(headers.get("upgrade", "")):
         raise HandshakeError('the Upgrade header must name "websocket"')
     if "upgrade" not in _tokens(headers.get("connection", "")):
