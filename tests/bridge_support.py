@@ -263,16 +263,25 @@ def http_header(head: bytes, name: str) -> str | None:
     return None
 
 
+def upgrade_request(protocols: str | None = "binary", version: str = "13", path: str = "/",
+                    host: str | None = "localhost", key: str | None = None,
+                    http_version: str = "HTTP/1.1") -> bytes:
+    """An RFC 6455 upgrade request; ``host=None`` leaves the Host header out."""
+    key = key or base64.b64encode(os.urandom(16)).decode()
+    lines = [f"GET {path} {http_version}", "Upgrade: websocket",
+             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
+             f"Sec-WebSocket-Version: {version}"]
+    if host is not None:
+        lines.insert(1, f"Host: {host}")
+    if protocols is not None:
+        lines.append(f"Sec-WebSocket-Protocol: {protocols}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
 def upgrade(sock: socket.socket, protocols: str | None = "binary", version: str = "13",
             path: str = "/", host: str = "localhost", key: str | None = None) -> bytes:
     """Send an RFC 6455 upgrade request on ``sock``; returns the response head."""
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-             f"Sec-WebSocket-Version: {version}"]
-    if protocols is not None:
-        lines.append(f"Sec-WebSocket-Protocol: {protocols}")
-    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+    sock.sendall(upgrade_request(protocols, version, path, host, key))
     return read_http_head(sock)
 
 

@@ -11,6 +11,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,11 +21,12 @@ from tests.bridge_support import (
     ipv6_loopback_available,
     recv_bytes,
     unix_echo_server,
+    wait_exit,
     wait_until,
     ws_connect,
     ws_unix_connect,
 )
-from tests.support import LISTENING, REPO, TIMEOUT, TcpServer, echo, websockify
+from tests.support import LISTENING, REPO, TIMEOUT, TcpServer, Websockify, echo, websockify
 
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no ::1 on this host")
 
@@ -117,6 +119,111 @@ def test_unix_listen_with_mode(tmp_path: Path, echo_target: TcpServer, mode: str
         assert server.proc.poll() is None
 
 
+def unix_websockify(tmp_path: Path, path: Path, target_port: int) -> Websockify:
+    """websockify --unix-listen ``path``, started and (unless it exits) listening."""
+    server = Websockify(["--unix-listen", str(path), f"127.0.0.1:{target_port}"],
+                        tmp_path / f"websockify-{time.monotonic_ns()}.log", wait_listening=False)
+    server.wait_for_log(r"listening on unix:|ERROR", what="listening or an error")
+    return server
+
+
+def test_a_second_instance_on_a_live_unix_socket_refuses_to_start(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """A second websockify on the --unix-listen path of a running one exits with
+    status 3 (cannot start) and a clear error; the first keeps its socket and its
+    clients."""
+    path = tmp_path / "shared.sock"
+    first = unix_websockify(tmp_path, path, echo_target.port)
+    try:
+        wait_until(lambda: unix_roundtrip_works(path), "the first instance serving")
+        inode = path.stat().st_ino
+        second = unix_websockify(tmp_path, path, echo_target.port)
+        assert wait_exit(second.proc) == 3, second.log()
+        second.stop()
+        assert f"cannot listen on unix:{path}: another server is listening there" in second.log()
+        assert "Traceback" not in second.log()
+        assert path.stat().st_ino == inode, "the first instance's socket file was replaced"
+        assert unix_roundtrip_works(path)
+    finally:
+        assert first.stop() == 0
+    assert not path.exists()
+
+
+def test_a_port_in_use_exits_3_not_2(tmp_path: Path, echo_target: TcpServer) -> None:
+    """The command line is right, the address is taken: exit status 3, cannot start
+    (2 is kept for wrong command lines), one error line."""
+    done = subprocess.run(
+        [sys.executable, "-m", "websockify", f"127.0.0.1:{echo_target.port}",
+         f"127.0.0.1:{echo_target.port}"], cwd=REPO, capture_output=True, text=True,
+        timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert done.returncode == 3, done.stderr
+    assert f"cannot listen on 127.0.0.1:{echo_target.port}: Address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_a_stale_unix_socket_file_is_replaced(tmp_path: Path, echo_target: TcpServer) -> None:
+    """A socket file nobody answers on (a crashed run's leftover) is removed and
+    the path served."""
+    path = tmp_path / "stale.sock"
+    leftover = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    leftover.bind(str(path))
+    leftover.close()  # the file stays, nobody listens: connect() is refused
+    server = unix_websockify(tmp_path, path, echo_target.port)
+    try:
+        wait_until(lambda: unix_roundtrip_works(path), "a client over the reclaimed path")
+    finally:
+        assert server.stop() == 0
+
+
+def test_a_unix_listen_path_that_is_not_a_socket_is_left_alone(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("precious")
+    server = unix_websockify(tmp_path, path, echo_target.port)
+    assert wait_exit(server.proc) == 3
+    server.stop()
+    assert f"cannot listen on unix:{path}: it exists and is not a socket" in server.log()
+    assert path.read_text() == "precious"
+
+
+def test_a_start_that_fails_after_binding_leaves_no_socket_file(tmp_path: Path) -> None:
+    """The wrapped program cannot start (no rebind.so): websockify fails, and the
+    socket file bound just before is removed, not left for the next run to find."""
+    path = tmp_path / "failed.sock"
+    done = subprocess.run(
+        [sys.executable, "-m", "websockify", "--unix-listen", str(path),
+         "--rebind", str(tmp_path / "nowhere" / "rebind.so"), "--", "true"],
+        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0, done.stderr  # the launcher's own status for this
+    assert "rebind.so not found" in done.stderr
+    assert not path.exists()
+
+
+def test_exit_removes_only_a_unix_socket_that_is_still_its_own(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """When the path has been given to another server meanwhile, stopping removes
+    nothing: the other server's socket file stays and keeps answering."""
+    path = tmp_path / "taken.sock"
+    server = unix_websockify(tmp_path, path, echo_target.port)
+    other = None
+    try:
+        wait_until(lambda: unix_roundtrip_works(path), "websockify serving")
+        path.unlink()
+        other = TcpServer(echo, unix_path=path)
+    finally:
+        assert server.stop() == 0
+    try:
+        assert path.exists(), "websockify removed a socket file that was not its own"
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(TIMEOUT)
+            probe.connect(str(path))
+            probe.sendall(b"mine")
+            assert probe.recv(4) == b"mine"
+    finally:
+        if other is not None:
+            other.close()
+
+
 def test_inetd_uses_the_listening_socket_passed_as_stdin(tmp_path: Path,
                                                          echo_target: TcpServer) -> None:
     """--inetd: the server accepts clients on the listening socket it got as fd 0."""
@@ -180,6 +287,10 @@ BAD_COMMAND_LINES: dict[str, list[str]] = {
     "non-numeric-max-connections": ["--max-connections", "many", "127.0.0.1:0",
                                     "127.0.0.1:5900"],
     "too-many-positionals": ["127.0.0.1:0", "127.0.0.1:5900", "extra"],
+    "zero-handshake-timeout": ["--handshake-timeout", "0", "127.0.0.1:0", "127.0.0.1:5900"],
+    "negative-handshake-timeout": ["--handshake-timeout", "-1", "127.0.0.1:0",
+                                   "127.0.0.1:5900"],
+    "zero-connect-timeout": ["--connect-timeout", "0", "127.0.0.1:0", "127.0.0.1:5900"],
 }
 
 

@@ -92,3 +92,25 @@ def test_web_path_traversal_never_leaves_the_root(web_server: Websockify, path: 
 def test_websocket_upgrade_still_works_with_web(web_server: Websockify) -> None:
     """--web does not take the WebSocket away: an upgrade on the same port bridges."""
     echo_roundtrip(web_server.port)
+
+
+def test_stalled_web_download_is_one_log_line(tmp_path: Path, echo_target: TcpServer) -> None:
+    """A client that asks for a large file and stops reading is dropped after
+    --handshake-timeout with one line in the log, not a traceback, and the server
+    keeps serving."""
+    web = tmp_path / "web"
+    web.mkdir()
+    with open(web / "big.bin", "wb") as big:
+        big.truncate(64 * 1024 * 1024)  # sparse: far more than the socket buffers hold
+    with websockify(tmp_path, "--web", str(web), "--handshake-timeout", "1", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(get("/big.bin"))
+        assert http_status(read_http_head(sock)) == 200
+        server.wait_for_log(r"a write of the response did not complete within 1s \(the "
+                            r"client reads too slowly or not at all\): dropped",
+                            what="the stalled download's log line")
+        echo_roundtrip(server.port)
+        server.stop()
+        assert "Traceback" not in server.log(), server.log()

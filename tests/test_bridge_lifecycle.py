@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -28,12 +29,17 @@ from tests.bridge_support import (
     expect_close,
     http_status,
     raw_client,
+    raw_request,
     recv_bytes,
     send_close,
     upgrade,
+    upgrade_request,
     wait_exit,
+    wait_until,
     ws_connect,
+    ws_unix_connect,
 )
+from tests.launcher_support import echo_server, exists, read_pids
 from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
 
 
@@ -85,6 +91,62 @@ def test_signal_closes_clients_with_1001_and_exits_0(tmp_path: Path, sig: int) -
                 sock.close()
     finally:
         target.close()
+
+
+def test_sighup_stops_the_wrapped_program_and_removes_the_unix_socket(tmp_path: Path) -> None:
+    """Closing the terminal (SIGHUP) shuts down as SIGTERM does: the client on the
+    --unix-listen socket gets Close 1001, the wrapped program and the helper it
+    started are stopped, the socket file is removed, and the exit status is 0."""
+    path = tmp_path / "ws.sock"
+    pids = tmp_path / "pids"
+    with websockify(tmp_path, "--unix-listen", str(path), "--", *echo_server(
+            "--port", "5901", "--helper", "--pidfile", str(pids)),
+            wait_listening=False) as server:
+        server.wait_for_log("listening on unix:")
+        wait_until(lambda: len(read_pids(pids)) == 2, "the wrapped program and its helper")
+        program_tree = set(read_pids(pids))
+        with ws_unix_connect(path) as ws:
+            ws.send(b"before the hang-up")
+            assert recv_bytes(ws, 18) == b"before the hang-up"
+            server.proc.send_signal(signal.SIGHUP)
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=TIMEOUT)
+            assert closed.value.rcvd is not None, "no Close frame before the hang-up"
+            assert closed.value.rcvd.code == 1001
+        assert wait_exit(server.proc) == 0, server.log()
+    assert not path.exists(), "the unix socket was left behind"
+    assert [pid for pid in program_tree if exists(pid)] == []
+    assert "SIGHUP received, shutting down" in server.log()
+
+
+def test_sighup_ignored_at_start_stays_ignored(tmp_path: Path, echo_target: TcpServer) -> None:
+    """Under ``nohup`` the hang-up is meant to pass: SIGHUP then changes nothing,
+    and SIGTERM still stops the server cleanly."""
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}",
+                    program=["nohup", sys.executable, "-m", "websockify"]) as server:
+        server.proc.send_signal(signal.SIGHUP)
+        echo_roundtrip(server.port)  # the server's loop has run since the signal
+        assert server.proc.poll() is None
+        assert server.stop(signal.SIGTERM) == 0
+    assert "SIGHUP received" not in server.log()
+
+
+def test_run_once_refuses_a_second_client_with_503_while_the_first_is_open(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """--run-once: a second client arriving while the first is open gets 503 with
+    the reason (not a 101 cut later with 1001); the first is served to its end."""
+    with websockify(tmp_path, "--run-once", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server:
+        with ws_connect(server.port) as first:
+            first.send(b"first")
+            assert recv_bytes(first, 5) == b"first"
+            status, head, body = raw_request(server.port, upgrade_request())
+            assert status == 503, head
+            assert b"--run-once" in body
+            first.send(b"still served")
+            assert recv_bytes(first, 12) == b"still served"
+            assert server.proc.poll() is None
+        assert wait_exit(server.proc) == 0, server.log()
 
 
 def test_idle_server_exits_0_on_sigterm_quickly(tmp_path: Path, echo_target: TcpServer) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,6 +27,7 @@ from tests.bridge_support import (
     expect_close,
     fd_count,
     http_status,
+    raw_request,
     recv_bytes,
     send_close,
     send_in_background,
@@ -115,6 +117,25 @@ def test_half_handshake_is_dropped_after_the_handshake_timeout(
         assert 0.7 <= elapsed <= 4.0, f"dropped after {elapsed:.2f}s"
 
 
+def trickle_until_closed(sock: socket.socket, limit: float,
+                         stop: threading.Event | None = None) -> float | None:
+    """Send one byte every 0.2 s until the server hangs up; returns after how many
+    seconds it did, or None if it kept the connection for ``limit`` s (or until
+    ``stop``).  A response the server sends first is read and skipped."""
+    started = time.monotonic()
+    sock.settimeout(0.2)
+    while time.monotonic() - started < limit and not (stop and stop.is_set()):
+        try:
+            sock.sendall(b"X")
+            if sock.recv(65536) == b"":
+                return time.monotonic() - started
+        except TimeoutError:
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return time.monotonic() - started
+    return None
+
+
 def test_handshake_trickled_slowly_is_still_dropped(tmp_path: Path,
                                                     echo_target: TcpServer) -> None:
     """The handshake timeout is a deadline for the whole request: sending one
@@ -123,20 +144,104 @@ def test_handshake_trickled_slowly_is_still_dropped(tmp_path: Path,
                     f"127.0.0.1:{echo_target.port}") as server, \
             socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\n")
-        started = time.monotonic()
-        sock.settimeout(0.2)
-        closed_after: float | None = None
-        while closed_after is None and time.monotonic() - started < 5.0:
-            try:
-                sock.sendall(b"X")
-                if sock.recv(65536) == b"":  # a response (e.g. 408) may come first
-                    closed_after = time.monotonic() - started
-            except TimeoutError:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                closed_after = time.monotonic() - started
+        closed_after = trickle_until_closed(sock, 5.0)
         assert closed_after is not None, "a trickling client was kept for 5 s"
         assert closed_after <= 4.0, f"dropped only after {closed_after:.2f}s"
+
+
+@pytest.mark.parametrize(("method", "framing"), [
+    ("GET", "Content-Length: 100000"), ("POST", "Transfer-Encoding: chunked"),
+])
+def test_request_body_trickled_slowly_is_dropped_at_the_deadline(
+        tmp_path: Path, echo_target: TcpServer, method: str, framing: str) -> None:
+    """The body is part of the request: trickled one byte every 0.2 s it is cut at
+    --handshake-timeout, whatever the application answers, with one log line."""
+    with websockify(tmp_path, "--handshake-timeout", "1", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(f"{method} / HTTP/1.1\r\nHost: x\r\n{framing}\r\n\r\n".encode()
+                     + (b"186a0\r\n" if "chunked" in framing else b""))
+        closed_after = trickle_until_closed(sock, 5.0)
+        assert closed_after is not None, "a client trickling its body was kept for 5 s"
+        assert closed_after <= 4.0, f"dropped only after {closed_after:.2f}s"
+        server.wait_for_log("request body not complete within the handshake timeout")
+        echo_roundtrip(server.port)
+        assert "Traceback" not in server.log(), server.log()
+
+
+def test_upgrade_announcing_a_trickled_body_is_refused_and_not_drained(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """The 400 for an upgrade with a body comes before any of the body is read, and
+    the connection is closed after it: the body is not drained byte by byte (which
+    a trickling client could stretch for as long as it likes)."""
+    with websockify(tmp_path, "--handshake-timeout", "1", "127.0.0.1:0",
+                    f"127.0.0.1:{echo_target.port}") as server, \
+            socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(UPGRADE_HEAD + b"Content-Length: 100000\r\n\r\n")
+        assert http_status(read_http_head(sock)) == 400
+        closed_after = trickle_until_closed(sock, 5.0)
+        assert closed_after is not None, "the refused client was kept while it trickled"
+
+
+def test_five_body_tricklers_do_not_lock_out_max_connections_5(
+        tmp_path: Path, echo_target: TcpServer) -> None:
+    """--max-connections 5 filled by five clients trickling request bodies: they are
+    dropped at --handshake-timeout (1 s), so a real client gets in while they are
+    still trickling, and each trickler saw the server hang up."""
+    with websockify(tmp_path, "--max-connections", "5", "--handshake-timeout", "1",
+                    "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server:
+        stop = threading.Event()
+        started = threading.Semaphore(0)
+        request = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n"
+
+        def trickler() -> float | None:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+                sock.sendall(request)
+                started.release()
+                # Longer than the wait for a real client below: on a server that
+                # lets them, the five hold their slots for the whole of that wait.
+                return trickle_until_closed(sock, 2 * TIMEOUT, stop)
+
+        def admitted() -> bool:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as s:
+                return http_status(upgrade(s)) == 101
+
+        with ThreadPoolExecutor(max_workers=5) as pool:
+            tricklers = [pool.submit(trickler) for _ in range(5)]
+            try:
+                for _ in tricklers:
+                    assert started.acquire(timeout=TIMEOUT), "a trickler could not connect"
+                wait_until(admitted, "a real client admitted while the five trickle")
+                dropped = [t.result(timeout=3 * TIMEOUT) for t in tricklers]
+            finally:
+                stop.set()
+        assert all(after is not None for after in dropped), dropped
+        assert "Traceback" not in server.log(), server.log()
+
+
+UPGRADE_HEAD = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n")
+
+
+@pytest.mark.parametrize(("framing", "body", "reason"), [
+    (b"Content-Length: 5", b"hello", b"(Content-Length '5')"),
+    (b"Transfer-Encoding: chunked", b"5\r\nhello\r\n0\r\n\r\n",
+     b"(Transfer-Encoding is not allowed)"),
+], ids=["content-length", "chunked"])
+def test_upgrade_carrying_a_body_is_refused_400_in_one_log_line(
+        tmp_path: Path, echo_target: TcpServer, framing: bytes, body: bytes,
+        reason: bytes) -> None:
+    """An upgrade announcing a body gets 400 with the reason, the server logs one
+    line (no traceback) and goes on serving."""
+    with websockify(tmp_path, "127.0.0.1:0", f"127.0.0.1:{echo_target.port}") as server:
+        status, head, text = raw_request(server.port, UPGRADE_HEAD + framing + b"\r\n\r\n" + body)
+        assert status == 400, head
+        assert text == b"a WebSocket upgrade request carries no body " + reason + b"\n"
+        echo_roundtrip(server.port)
+        server.wait_for_log("handshake refused \\(400\\): a WebSocket upgrade request carries")
+        server.stop()
+        assert "Traceback" not in server.log(), server.log()
 
 
 def test_upgraded_connection_is_not_subject_to_the_handshake_timeout(

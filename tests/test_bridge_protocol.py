@@ -32,9 +32,11 @@ from tests.bridge_support import (
     expect_close,
     http_header,
     http_status,
+    raw_request,
     refusing_port,
     send_close,
     upgrade,
+    upgrade_request,
 )
 from tests.support import TIMEOUT, Websockify, client_frame, read_http_head, websockify
 
@@ -162,6 +164,23 @@ def test_other_versions_get_400_listing_the_supported_ones(bridge: Bridge, versi
     supported = http_header(head, "Sec-WebSocket-Version")
     assert supported is not None, head
     assert [v.strip() for v in supported.split(",")] == ["13", "8", "7"]
+
+
+@pytest.mark.parametrize(("request_bytes", "reason"), [
+    (upgrade_request(http_version="HTTP/1.0"),
+     b"a WebSocket upgrade needs HTTP/1.1 or later, not 'HTTP/1.0'\n"),
+    (upgrade_request(host=None), b"a WebSocket upgrade needs a Host header\n"),
+    (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+     b"Connection: Upgrade\r\n\r\n",
+     b"Hixie-75 WebSocket upgrade needs an Origin header "
+     b"(RFC 6455 needs Sec-WebSocket-Key and Sec-WebSocket-Version)\n"),
+], ids=["http-1.0", "no-host", "bare-upgrade"])
+def test_malformed_upgrades_get_400_with_the_reason(bridge: Bridge, request_bytes: bytes,
+                                                    reason: bytes) -> None:
+    """HTTP/1.0, a missing Host, or ``Upgrade: websocket`` alone: 400, not a 101."""
+    status, head, body = raw_request(bridge.server.port, request_bytes)
+    assert status == 400, head
+    assert body == reason
 
 
 HIXIE_75 = (b"GET /demo HTTP/1.1\r\nHost: localhost\r\nUpgrade: WebSocket\r\n"

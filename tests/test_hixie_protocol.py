@@ -418,3 +418,31 @@ def test_any_split_of_valid_frames_round_trips(payloads: list[bytes], data: st.D
 def test_encode_then_receive_round_trips(payload: bytes) -> None:
     wire = b"".join(bytes(piece) for piece in codec().encode_data(payload))
     assert payload_of(codec().receive(wire)) == payload
+
+
+def test_hixie75_without_origin_is_refused_with_the_reason() -> None:
+    """Draft-75's answer must echo the Origin: a bare ``Upgrade: websocket`` is no
+    draft-75 request (most likely an RFC 6455 client missing its key and version)."""
+    headers = dict(request75().headers)
+    del headers["origin"]
+    with pytest.raises(HandshakeError) as refused:
+        handshake.accept(UpgradeRequest("GET", "/demo", headers), b"", OPTIONS)
+    assert refused.value.status == 400
+    assert refused.value.reason == (
+        "Hixie-75 WebSocket upgrade needs an Origin header "
+        "(RFC 6455 needs Sec-WebSocket-Key and Sec-WebSocket-Version)")
+
+
+@pytest.mark.parametrize(("length", "allowed"), [("8", True), ("0", False), ("9", False)])
+def test_hixie76_challenge_may_be_announced_as_its_content_length(
+    length: str, allowed: bool
+) -> None:
+    """Hixie-76's 8 bytes are the only body an upgrade may carry; draft-75 has none."""
+    request = request76(extra={"content-length": length})
+    if allowed:
+        assert handshake.body_length(request) == 8
+    else:
+        with pytest.raises(HandshakeError):
+            handshake.body_length(request)
+    with pytest.raises(HandshakeError):
+        handshake.body_length(request75(extra={"content-length": "8"}))

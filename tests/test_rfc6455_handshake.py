@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from websockify.errors import HandshakeError
-from websockify.protocol import rfc6455
+from websockify.protocol import handshake, rfc6455
 from websockify.protocol.codec import Violation
 from websockify.protocol.handshake import HandshakeOptions, Upgrade, UpgradeRequest
 from websockify.protocol.hybi import HybiCodec
@@ -157,3 +160,79 @@ def test_extensions_are_ignored() -> None:
 
 def test_unsupported_subprotocol_is_refused() -> None:
     assert "chat" in refused(sec_websocket_protocol="chat").reason
+
+
+# ------------------------------------------------- request line, Host and body
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.0", "HTTP/0.9", "", "HTTP/1", "SPDY/3.1"])
+def test_requests_older_than_http_1_1_are_refused(version: str) -> None:
+    """RFC 6455 4.1: the opening handshake is an HTTP/1.1 request (or later)."""
+    with pytest.raises(HandshakeError) as caught:
+        handshake.accept(UpgradeRequest("GET", "/", request().headers, http_version=version),
+                         b"", HandshakeOptions())
+    assert caught.value.status == 400
+    assert caught.value.reason == (
+        f"a WebSocket upgrade needs HTTP/1.1 or later, not {version!r}")
+
+
+@pytest.mark.parametrize("version", ["HTTP/1.1", "HTTP/1.2"])
+def test_http_1_1_and_later_are_accepted(version: str) -> None:
+    upgrade = handshake.accept(
+        UpgradeRequest("GET", "/", request().headers, http_version=version), b"",
+        HandshakeOptions())
+    assert upgrade.response.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+
+
+@pytest.mark.parametrize("host", [None, "", "  "])
+def test_request_without_a_host_is_refused(host: str | None) -> None:
+    with pytest.raises(HandshakeError) as caught:
+        handshake.accept(request(host=host), b"", HandshakeOptions())
+    assert caught.value.status == 400
+    assert caught.value.reason == "a WebSocket upgrade needs a Host header"
+
+
+def test_refusal_response_is_byte_exact() -> None:
+    """What a client without Host reads: status, the reason as text, then close."""
+    with pytest.raises(HandshakeError) as caught:
+        handshake.accept(request(host=None), b"", HandshakeOptions())
+    assert handshake.error_response(caught.value) == (
+        b"HTTP/1.1 400 Bad Request\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Length: 40\r\n"
+        b"Connection: close\r\n"
+        b"\r\n"
+        b"a WebSocket upgrade needs a Host header\n"
+    )
+
+
+@pytest.mark.parametrize("length", [None, "0", " 0 "])
+def test_upgrade_without_a_body_reads_nothing_more(length: str | None) -> None:
+    assert handshake.body_length(request(content_length=length)) == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"content_length": "5"}, "(Content-Length '5')"),
+        ({"content_length": "8"}, "(Content-Length '8')"),
+        ({"content_length": "x" * 40}, "(Content-Length '" + "x" * 20 + "')"),
+        ({"transfer_encoding": "chunked"}, "(Transfer-Encoding is not allowed)"),
+        ({"transfer_encoding": "gzip, chunked", "content_length": "0"},
+         "(Transfer-Encoding is not allowed)"),
+    ],
+)
+def test_upgrade_announcing_a_body_is_refused_before_reading_it(
+    change: dict[str, str], reason: str
+) -> None:
+    with pytest.raises(HandshakeError) as caught:
+        handshake.body_length(request(**change))
+    assert caught.value.status == 400
+    assert caught.value.reason == f"a WebSocket upgrade request carries no body {reason}"
+
+
+def test_handshake_modules_import_no_circle() -> None:
+    """The drafts' modules need only the leaf types, not the module that picks a draft."""
+    code = ("import sys, websockify.protocol.hixie, websockify.protocol.rfc6455; "
+            "assert 'websockify.protocol.handshake' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -231,6 +231,20 @@ def test_if_modified_since(server: Server, www: Path) -> None:
         assert (status, body) == (200, b"hello, world\n"), since
 
 
+def test_if_none_match_overrides_if_modified_since(server: Server) -> None:
+    """RFC 9110 13.1.3: with If-None-Match present, If-Modified-Since is ignored.
+    No ETag is ever sent, so a list of tags never matches (200) and only "*"
+    matches the file that exists (304)."""
+    _, headers, _ = request(server.port, "/hello.txt")
+    fresh = headers["Last-Modified"]
+    for tags in ('"abc"', 'W/"abc", "def"'):
+        status, _, body = request(server.port, "/hello.txt",
+                                  headers={"If-None-Match": tags, "If-Modified-Since": fresh})
+        assert (status, body) == (200, b"hello, world\n"), tags
+    status, _, body = request(server.port, "/hello.txt", headers={"If-None-Match": "*"})
+    assert (status, body) == (304, b"")
+
+
 @pytest.mark.parametrize("kind", ["gevent", "wsgiref"])
 def test_large_file_arrives_intact(serve: ServerFactory, tmp_path: Path, kind: str) -> None:
     data = os.urandom(5 * 1024 * 1024)

@@ -4,8 +4,8 @@ One object serves under websockify's own server and under gunicorn.  It only
 looks at ``environ``: ``environ['wsgi.websocket']`` holds either our
 :class:`~websockify.client.ClientConnection` (our handler answered the handshake)
 or gevent-websocket's ``WebSocket`` (its handler did), which is adopted here so
-that the relay, not gevent-websocket, reads the frames.  The application also
-carries the handshake settings, so any server running our handler finds them.
+that the relay, not gevent-websocket, reads the frames.  It may be wrapped in WSGI
+middleware: the handler takes its settings from the server, not from here.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from websockify.access import TARGET_KEY, Access
 from websockify.client import ClientConnection, peer_name, take_buffered_input
 from websockify.errors import HandshakeError, TargetError
 from websockify.launcher import WrappedProgram
-from websockify.protocol.handshake import HandshakeOptions
 from websockify.protocol.hybi import HybiCodec
 from websockify.relay import Relay, refuse
 from websockify.settings import Settings, TcpAddress
@@ -34,6 +33,9 @@ StartResponse = Callable[..., Any]
 WSGIApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 #: Opens the target for one request (its environ: a token plugin will read the path).
 ConnectTarget = Callable[[dict[str, Any]], socket.socket]
+
+#: Set in the environ once :meth:`WebsockifyApp.admit` has passed the request.
+ADMITTED_KEY = "websockify.admitted"
 
 _NOT_ALLOWED = b"405 Method Not Allowed: this server only relays WebSocket connections\n"
 
@@ -47,27 +49,20 @@ class WebsockifyApp:
         settings: Settings,
         *,
         static: WSGIApp | None = None,
-        on_relay_end: Callable[[], None] | None = None,
         access: Access | None = None,
     ) -> None:
         self._connect_target = connect_target
         self._access = access if access is not None and access.active else None
         self._heartbeat = settings.heartbeat
         self._static = static
-        self._on_relay_end = on_relay_end
-        #: Read by websockify.handler.UpgradeHandler, whichever server runs it.
-        self.handshake_timeout = settings.limits.handshake_timeout
-        self.handshake_options = HandshakeOptions(
-            max_message_size=settings.limits.max_message_size,
-            allow_hixie=settings.allow_hixie,
-        )
+        self._max_message_size = settings.limits.max_message_size
         self.relays: set[Relay] = set()
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         websocket = environ.get("wsgi.websocket")
         if websocket is not None:
             if isinstance(websocket, ClientConnection):
-                self._serve_websocket(websocket, environ)
+                self._serve_admitted(websocket, environ)
             else:
                 self._serve_gevent_websocket(websocket, environ)
             return []
@@ -101,6 +96,7 @@ class WebsockifyApp:
         """
         if self._access is not None:
             self._access.admit(environ)
+        environ[ADMITTED_KEY] = True
 
     def close_all(self, code: int, reason: str) -> None:
         """Start the closing handshake of every running relay (returns at once)."""
@@ -116,8 +112,7 @@ class WebsockifyApp:
         handler = websocket.handler
         offered = environ.get("HTTP_SEC_WEBSOCKET_PROTOCOL", "")
         chosen = self.app_protocol(environ.get("PATH_INFO", ""))
-        codec = HybiCodec(chosen if chosen in offered else None,
-                          self.handshake_options.max_message_size)
+        codec = HybiCodec(chosen if chosen in offered else None, self._max_message_size)
         client = ClientConnection(
             handler.socket, codec,
             take_buffered_input(handler.rfile, handler.socket)
@@ -125,44 +120,50 @@ class WebsockifyApp:
             peer_name(handler.client_address), str(environ.get("wsgi.websocket_version")),
         )
         try:
+            self._serve_admitted(client, environ)
+        finally:
+            websocket.closed = True
+
+    def _serve_admitted(self, client: ClientConnection, environ: dict[str, Any]) -> None:
+        """Relay ``client`` once the origin, token and auth checks have passed.
+
+        Our handler runs them before the 101 and marks the environ.  When it could
+        not (gevent-websocket's handler, or middleware hiding :meth:`admit` from our
+        handler) they run here, after the 101, and a refusal is Close 1008: the
+        checks are never skipped.
+        """
+        if not environ.get(ADMITTED_KEY):
             try:
-                self.admit(environ)  # gevent-websocket has already answered 101
+                self.admit(environ)
             except HandshakeError as error:
                 logger.info("%s: refused (%d): %s", client.peer, error.status, error.reason)
                 refuse(client, 1008, error.reason)
                 return
-            self._serve_websocket(client, environ)
-        finally:
-            websocket.closed = True
+        self._serve_websocket(client, environ)
 
     def _serve_websocket(self, client: ClientConnection, environ: dict[str, Any]) -> None:
         try:
-            try:
-                target_socket = self._connect_target(environ)
-            except TargetError as error:
-                logger.warning("%s: %s", client.peer, error)
-                refuse(client, 1011, str(error))
-                return
-            _log_connected(client, target_socket)
-            relay = Relay(client, target_socket, self._heartbeat)
-            self.relays.add(relay)
-            try:
-                relay.run()
-            finally:
-                self.relays.discard(relay)
+            target_socket = self._connect_target(environ)
+        except TargetError as error:
+            logger.warning("%s: %s", client.peer, error)
+            refuse(client, 1011, str(error))
+            return
+        _log_connected(client, target_socket)
+        relay = Relay(client, target_socket, self._heartbeat)
+        self.relays.add(relay)
+        try:
+            relay.run()
         finally:
-            if self._on_relay_end is not None:
-                self._on_relay_end()
+            self.relays.discard(relay)
 
 
-def create_app(settings: Settings, program: WrappedProgram | None = None,
-               on_relay_end: Callable[[], None] | None = None) -> WebsockifyApp:
+def create_app(settings: Settings, program: WrappedProgram | None = None) -> WebsockifyApp:
     """The application for ``settings``: its target (or ``program``) and --web files."""
     static = StaticFiles(settings.web, file_only=settings.file_only) if settings.web else None
     access = Access(settings.access, settings.target, settings.limits.connect_timeout)
     return WebsockifyApp(
         _target_opener(settings, program, settings.limits.connect_timeout), settings,
-        static=static, on_relay_end=on_relay_end, access=access,
+        static=static, access=access,
     )
 
 

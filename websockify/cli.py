@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ from websockify.errors import (
 from websockify.readiness import Readiness
 from websockify.settings import (
     MIB,
+    UNIX_LISTEN_MODE,
     AccessSettings,
     InheritedSocket,
     Limits,
@@ -54,6 +56,8 @@ USAGE = """
 #: upstream's --cert default: used when present, plain-only service when absent.
 DEFAULT_CERT = "self.pem"
 SSL_VERSIONS = ("default", "tlsv1_1", "tlsv1_2", "tlsv1_3")
+#: Where a WSGI deployment (the application and our gunicorn worker) finds its arguments.
+WSGI_ARGS_ENV = "WEBSOCKIFY_ARGS"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -79,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="ping clients every INTERVAL seconds; close those that don't answer")
     add("--unix-listen", metavar="FILE", help="listen on a unix socket instead of a port")
     add("--unix-listen-mode", type=_octal_mode, metavar="MODE",
-        help="permissions of the --unix-listen socket, octal (default 600)")
+        help=f"permissions of the --unix-listen socket, octal (default {UNIX_LISTEN_MODE:o})")
     add("--unix-target", metavar="FILE", help="relay to a unix socket")
     add("--inetd", action="store_true",
         help="inetd mode: the listening socket is passed as standard input")
@@ -89,15 +93,17 @@ def build_parser() -> argparse.ArgumentParser:
     add("--no-hixie", action="store_true",
         help="refuse the Hixie-75/76 WebSocket drafts (RFC 6455 only)")
     limits = Limits()
-    add("--handshake-timeout", type=_seconds, default=limits.handshake_timeout,
-        metavar="SECONDS", help="drop clients that take longer to send their request "
-        f"(default {limits.handshake_timeout:g})")
+    add("--handshake-timeout", type=_positive_seconds, default=limits.handshake_timeout,
+        metavar="SECONDS", help="drop clients that take longer to send their whole "
+        "request, body included"
+        f" (default {limits.handshake_timeout:g})")
     add("--max-connections", type=_positive_int, default=limits.max_connections, metavar="N",
         help=f"answer 503 beyond N simultaneous connections (default {limits.max_connections})")
     add("--max-message-size", type=_positive_int, default=limits.max_message_size,
         metavar="BYTES", help="close with 1009 on larger client messages "
         f"(default {limits.max_message_size // MIB} MiB)")
-    add("--connect-timeout", type=_seconds, default=limits.connect_timeout, metavar="SECONDS",
+    add("--connect-timeout", type=_positive_seconds, default=limits.connect_timeout,
+        metavar="SECONDS",
         help="how long a client waits for its target (and a wrapped program) "
         f"(default {limits.connect_timeout:g})")
     add("--wrap-mode", choices=("exit", "ignore", "respawn"), default="exit",
@@ -185,6 +191,15 @@ def parse(argv: Sequence[str], *, for_wsgi: bool = False) -> Settings:
     return _settings(opts, wrap_command, for_wsgi)
 
 
+def parse_wsgi_environment() -> Settings:
+    """Settings from $WEBSOCKIFY_ARGS, for a WSGI deployment; raises ConfigError."""
+    args = os.environ.get(WSGI_ARGS_ENV)
+    if not args:
+        raise ConfigError(f"set {WSGI_ARGS_ENV} to websockify's arguments, e.g. "
+                          f"{WSGI_ARGS_ENV}='localhost:5900'")
+    return parse(shlex.split(args), for_wsgi=True)
+
+
 def _refuse_server_options(opts: argparse.Namespace, wrap_command: list[str]) -> None:
     """Options that only websockify's own server can honour are errors under WSGI."""
     given = {
@@ -251,7 +266,8 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
         listen=listen,
         target=target,
         wrap=wrap,
-        unix_listen_mode=opts.unix_listen_mode if opts.unix_listen_mode is not None else 0o600,
+        unix_listen_mode=(opts.unix_listen_mode if opts.unix_listen_mode is not None
+                          else UNIX_LISTEN_MODE),
         prefer_ipv6=opts.prefer_ipv6,
         web=web,
         file_only=opts.file_only,
@@ -432,6 +448,14 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}") from None
     if value < 0 or value != value:
         raise argparse.ArgumentTypeError(f"invalid number of seconds {text!r}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    """A time limit that cannot be off: 0 would drop (or fail) every client at once."""
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError(f"expected more than 0 seconds, got {text!r}")
     return value
 
 

@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import os
 import resource
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -24,9 +24,10 @@ from gevent.event import AsyncResult
 from gevent.pywsgi import LoggingLogAdapter, WSGIServer
 
 from websockify import listeners
-from websockify.app import WebsockifyApp, create_app
+from websockify.app import WebsockifyApp, WSGIApp, create_app
 from websockify.client import peer_name
-from websockify.handler import UpgradeHandler
+from websockify.errors import HandshakeError
+from websockify.handler import UpgradeHandler, UpgradeServer, UpgradeSettings
 from websockify.launcher import WrappedProgram
 from websockify.readiness import Readiness
 from websockify.settings import Limits, Settings, TcpAddress, UnixAddress
@@ -39,6 +40,11 @@ SHUTDOWN_GRACE = 3.0
 #: File descriptors kept aside for the listener, logs and the wrapped program.
 RESERVED_FDS = 64
 
+#: Signals that stop the server in order.  SIGHUP (the terminal closed, the SSH
+#: session ended) too: there is nothing to reload, and a wrapped desktop must not
+#: outlive its websockify.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
 _SERVICE_UNAVAILABLE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
     b"Content-Length: 35\r\nConnection: close\r\n\r\n"
@@ -46,23 +52,41 @@ _SERVICE_UNAVAILABLE = (
 )
 
 
-class WebsockifyServer(WSGIServer):
-    """gevent's WSGIServer with the upgrade handler and a connection limit."""
+class WebsockifyServer(UpgradeServer, WSGIServer):
+    """gevent's WSGIServer with the upgrade handler, a connection limit and --run-once.
+
+    ``on_run_once_end`` (with --run-once) is called when the connection of the one
+    admitted WebSocket ends, however it ends.
+    """
 
     handler_class = UpgradeHandler
     #: TLS for clients that open with a TLS hello (None: plain clients only).
     tls: ServerTls | None = None
 
-    def __init__(self, listener: socket.socket, app: WebsockifyApp, settings: Settings) -> None:
+    def __init__(self, listener: socket.socket, app: WSGIApp, settings: Settings,
+                 on_run_once_end: Callable[[], None] | None = None) -> None:
         super().__init__(
             listener, app,
             log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.DEBUG),
             error_log=LoggingLogAdapter(logging.getLogger("websockify.http"), logging.INFO),
         )
+        self.upgrade_settings = UpgradeSettings.from_settings(settings)
         self.max_connections = settings.limits.max_connections
         self.handshake_timeout = settings.limits.handshake_timeout
         self.active_connections = 0
         self.last_active = time.monotonic()
+        self._run_once = settings.run_once
+        self._on_run_once_end = on_run_once_end
+        #: The greenlet serving the one WebSocket of --run-once, once admitted.
+        self._run_once_owner: gevent.Greenlet | None = None
+
+    def admit_websocket(self, environ: dict[str, Any]) -> None:
+        if not self._run_once:
+            return
+        if self._run_once_owner is not None:
+            raise HandshakeError("this server serves a single WebSocket connection "
+                                 "(--run-once) and it is taken", status=503)
+        self._run_once_owner = gevent.getcurrent()
 
     def handle(self, sock: socket.socket, address: Any) -> None:
         if self.active_connections >= self.max_connections:
@@ -82,6 +106,8 @@ class WebsockifyServer(WSGIServer):
         finally:
             self.active_connections -= 1
             self.last_active = time.monotonic()
+            if self._run_once_owner is gevent.getcurrent() and self._on_run_once_end:
+                self._on_run_once_end()
 
 
 def run(settings: Settings, readiness: Readiness | None = None) -> int:
@@ -96,13 +122,33 @@ def run(settings: Settings, readiness: Readiness | None = None) -> int:
     listener = listeners.open_listener(
         settings.listen, prefer_ipv6=settings.prefer_ipv6, unix_mode=settings.unix_listen_mode,
     )
+    unix_file = (listeners.UnixSocketFile.of(settings.listen.path)
+                 if isinstance(settings.listen, UnixAddress) else None)
+    try:
+        return _serve(settings, listener, tls, readiness)
+    finally:
+        listener.close()
+        if unix_file is not None:
+            unix_file.remove_if_ours()
+
+
+def _serve(settings: Settings, listener: socket.socket, tls: ServerTls | None,
+           readiness: Readiness) -> int:
     stopped: AsyncResult = AsyncResult()
     program = _start_program(settings, listener, stopped)
-    app = create_app(settings, program,
-                     on_relay_end=(lambda: stopped.set(0)) if settings.run_once else None)
-    server = WebsockifyServer(listener, app, settings)
+    app = create_app(settings, program)
+    server = WebsockifyServer(listener, app, settings,
+                              on_run_once_end=lambda: stopped.set(0))
     server.tls = tls
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    # With TLS, SIGHUP reloads the certificate (there is something to reload);
+    # without, it stops the server as SIGTERM does.
+    stop_signals = STOP_SIGNALS if tls is None else (signal.SIGTERM, signal.SIGINT)
+    for signum in stop_signals:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            # Ignored by whoever started us (nohup, a background job): keep it so.
+            logger.debug("%s was ignored at start: it stays ignored",
+                         signal.Signals(signum).name)
+            continue
         gevent.signal_handler(signum, _on_signal, signum, stopped)
     if tls is not None:
         gevent.signal_handler(signal.SIGHUP, tls.reload, "SIGHUP")
@@ -119,7 +165,7 @@ def run(settings: Settings, readiness: Readiness | None = None) -> int:
         readiness.stopping()
         for watcher in watchers:
             watcher.kill(block=False)
-        _shut_down(server, app, program, settings)
+        _shut_down(server, app, program)
     return status
 
 
@@ -129,8 +175,8 @@ def _on_signal(signum: int, stopped: AsyncResult) -> None:
         stopped.set(0)
 
 
-def _shut_down(server: WebsockifyServer, app: WebsockifyApp, program: WrappedProgram | None,
-               settings: Settings) -> None:
+def _shut_down(server: WebsockifyServer, app: WebsockifyApp,
+               program: WrappedProgram | None) -> None:
     """Stop accepting, Close 1001 to every client, wait briefly, stop the program."""
     server.close()
     app.close_all(1001, "server shutting down")
@@ -140,9 +186,6 @@ def _shut_down(server: WebsockifyServer, app: WebsockifyApp, program: WrappedPro
     server.stop(timeout=0.5)  # what is left (idle HTTP keep-alives, stuck relays) is killed
     if program is not None:
         program.stop()
-    if isinstance(settings.listen, UnixAddress):
-        with contextlib.suppress(OSError):
-            os.unlink(settings.listen.path)
 
 
 def _start_exit_watchers(settings: Settings, server: WebsockifyServer,

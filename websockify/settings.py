@@ -46,6 +46,8 @@ Listen = TcpAddress | UnixAddress | InheritedSocket
 Target = TcpAddress | UnixAddress
 
 MIB = 1024 * 1024
+#: Permissions of a --unix-listen socket: the owner only.
+UNIX_LISTEN_MODE = 0o600
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ class Settings:
     listen: Listen | None
     target: Target | None
     wrap: WrapSettings | None = None
-    unix_listen_mode: int = 0o600
+    unix_listen_mode: int = UNIX_LISTEN_MODE
     prefer_ipv6: bool = False
     web: Path | None = None
     file_only: bool = False

@@ -18,7 +18,8 @@ Decisions the brief left open, in one place:
   upstream does: the directory exists, but there is nothing there to serve.
 * Files carry ``Cache-Control: no-cache``: browsers keep them but revalidate with
   If-Modified-Since, which costs a 304 and means an upgraded noVNC is picked up at
-  once.  Listings carry ``no-store``.
+  once.  Listings carry ``no-store``.  No ETag is sent; an If-None-Match (which
+  then matches only as ``*``) overrides If-Modified-Since, as RFC 9110 requires.
 * Files that are not regular files (FIFOs, devices) are 404: reading them could
   block forever.  They are opened with O_NONBLOCK, so even the open cannot block.
 * Compressed files (``.gz`` …) are sent as application/octet-stream rather than as
@@ -215,6 +216,19 @@ def _content_type(name: str | bytes) -> str:
     return mime
 
 
+def _not_modified(environ: WSGIEnvironment, mtime: float) -> bool:
+    """Whether the request's preconditions make this GET/HEAD a 304 (RFC 9110 13.2.2).
+
+    If-None-Match, when present, decides alone and If-Modified-Since is ignored
+    (13.1.3).  No ETag is ever sent, so no listed tag can match; only ``*`` does, as
+    the file exists.
+    """
+    if_none_match = environ.get("HTTP_IF_NONE_MATCH")
+    if if_none_match is not None:
+        return if_none_match.strip() == "*"
+    return _not_modified_since(environ, mtime)
+
+
 def _not_modified_since(environ: WSGIEnvironment, mtime: float) -> bool:
     """Whether If-Modified-Since (if any, and valid) is no older than ``mtime``."""
     header = environ.get("HTTP_IF_MODIFIED_SINCE")
@@ -258,7 +272,7 @@ def _serve_file(
             ("Last-Modified", formatdate(info.st_mtime, usegmt=True)),
             ("Cache-Control", "no-cache"),
         ]
-        if _not_modified_since(environ, info.st_mtime):
+        if _not_modified(environ, info.st_mtime):
             start_response(_status(304), headers)
             return []
         headers += [

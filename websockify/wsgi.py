@@ -18,24 +18,14 @@ stops the worker at boot with websockify's one-line error.
 
 from __future__ import annotations
 
-import os
-import shlex
-
 from websockify import cli, logsetup
 from websockify.app import WebsockifyApp, create_app
-from websockify.errors import ConfigError
-
-ARGS_ENV = "WEBSOCKIFY_ARGS"
 
 
 def application_from_environment() -> WebsockifyApp:
     """The application that $WEBSOCKIFY_ARGS describes; -v, --log-file, --syslog and
     --log-format set up logging (otherwise the WSGI server's logging stays)."""
-    args = os.environ.get(ARGS_ENV)
-    if not args:
-        raise ConfigError(f"set {ARGS_ENV} to websockify's arguments, e.g. "
-                          f"{ARGS_ENV}='localhost:5900'")
-    settings = cli.parse(shlex.split(args), for_wsgi=True)
+    settings = cli.parse_wsgi_environment()
     ops = settings.operations
     if settings.verbose or settings.log_file or ops.syslog or ops.log_format != "text":
         logsetup.configure(settings)

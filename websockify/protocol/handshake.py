@@ -1,56 +1,29 @@
 """Which WebSocket draft an upgrade request speaks, and the answer to it.
 
 The server parses the HTTP request head, builds an :class:`UpgradeRequest`, reads
-``body_length(request)`` more bytes (Hixie-76 sends 8 after its headers) and calls
-:func:`accept`.  The result carries the exact response bytes and the codec for the
-rest of the connection; a refusal is a :class:`~websockify.errors.HandshakeError`.
+``body_length(request)`` more bytes (Hixie-76 sends 8 after its headers; any other
+body is refused) and calls :func:`accept`.  The result carries the exact response
+bytes and the codec for the rest of the connection; a refusal is a
+:class:`~websockify.errors.HandshakeError`.  The value types live in the leaf module
+:mod:`~websockify.protocol.handshake_types` and are re-exported here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from http import HTTPStatus
 
 from websockify.errors import HandshakeError
 from websockify.protocol import hixie, rfc6455
-from websockify.protocol.codec import Codec
+from websockify.protocol.handshake_types import HandshakeOptions, Upgrade, UpgradeRequest
+
+__all__ = [
+    "HIXIE76_BODY_LENGTH", "HandshakeOptions", "Upgrade", "UpgradeRequest", "accept",
+    "body_length", "error_response", "is_hixie", "is_upgrade",
+]
 
 #: Hixie-76 sends an 8-byte challenge after its headers.
 HIXIE76_BODY_LENGTH = 8
-
-
-@dataclass(frozen=True, slots=True)
-class UpgradeRequest:
-    """The parts of an HTTP request that a WebSocket handshake looks at.
-
-    ``headers`` maps lower-case names to values; repeated headers are joined with
-    ", " as RFC 9110 allows.  ``secure`` says whether the connection is TLS, which
-    the Hixie drafts echo as ws:// or wss:// in their Location header.
-    """
-
-    method: str
-    path: str
-    headers: Mapping[str, str]
-    secure: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class HandshakeOptions:
-    """Server settings the handshake needs."""
-
-    max_message_size: int = 16 * 1024 * 1024
-    allow_hixie: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Upgrade:
-    """An accepted upgrade: send ``response`` verbatim, then speak ``codec``."""
-
-    response: bytes
-    codec: Codec
-    #: "13", "8", "7", "hixie-76" or "hixie-75": for logs.
-    version: str
 
 
 def is_upgrade(headers: Mapping[str, str]) -> bool:
@@ -64,11 +37,24 @@ def is_hixie(headers: Mapping[str, str]) -> bool:
 
 
 def body_length(request: UpgradeRequest) -> int:
-    """How many bytes after the headers belong to the handshake (8 for Hixie-76)."""
+    """How many bytes after the headers belong to the handshake (8 for Hixie-76).
+
+    An upgrade carries no request body: a ``Transfer-Encoding``, or a
+    ``Content-Length`` other than 0 (Hixie-76: 8), is refused with 400 before a
+    byte of it is read, so a body trickled in slowly cannot hold the connection.
+    """
     headers = request.headers
-    if is_hixie(headers) and "sec-websocket-key1" in headers and "sec-websocket-key2" in headers:
-        return HIXIE76_BODY_LENGTH
-    return 0
+    hixie76 = (is_hixie(headers) and "sec-websocket-key1" in headers
+               and "sec-websocket-key2" in headers)
+    expected = HIXIE76_BODY_LENGTH if hixie76 else 0
+    if "transfer-encoding" in headers:
+        raise HandshakeError("a WebSocket upgrade request carries no body "
+                             "(Transfer-Encoding is not allowed)")
+    announced = headers.get("content-length")
+    if announced is not None and announced.strip() != str(expected):
+        raise HandshakeError("a WebSocket upgrade request carries no body "
+                             f"(Content-Length {announced.strip()[:20]!r})")
+    return expected
 
 
 def accept(request: UpgradeRequest, body: bytes, options: HandshakeOptions) -> Upgrade:
@@ -76,6 +62,7 @@ def accept(request: UpgradeRequest, body: bytes, options: HandshakeOptions) -> U
     if request.method != "GET":
         raise HandshakeError("WebSocket upgrade needs GET", status=405)
     if not is_hixie(request.headers):
+        rfc6455.check_request(request)
         return rfc6455.accept(request, options)
     if not options.allow_hixie:
         raise HandshakeError(

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING
 from websockify.errors import FrameError, HandshakeError
 from websockify.protocol.base64stream import Base64Decoder
 from websockify.protocol.codec import Buffer, Close, Codec, Data, Event, Violation
+from websockify.protocol.handshake_types import HandshakeOptions, Upgrade, UpgradeRequest
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
-
-    from websockify.protocol.handshake import HandshakeOptions, Upgrade, UpgradeRequest
 
 #: A text frame is 0x00 <text> 0xFF; the close frame is 0xFF 0x00.
 TEXT_TYPE = 0x00
@@ -46,8 +45,6 @@ def accept(request: UpgradeRequest, body: bytes, options: HandshakeOptions) -> U
     ``body`` is what followed the headers: the 8-byte challenge of draft-76, empty for
     draft-75.  Raises :class:`HandshakeError` (400) with a reason the client may read.
     """
-    from websockify.protocol.handshake import Upgrade
-
     headers = request.headers
     host = _echoable(headers, "host")
     if not host:
@@ -69,6 +66,12 @@ def accept(request: UpgradeRequest, body: bytes, options: HandshakeOptions) -> U
         response = _response("HTTP/1.1 101 WebSocket Protocol Handshake", fields) + answer
         return Upgrade(response=response, codec=codec, version="hixie-76")
 
+    if not origin:
+        # Draft-75's response must echo the Origin (WebSocket-Origin), so a request
+        # without one is not draft-75: most likely an RFC 6455 client that lost its
+        # Sec-WebSocket-Key and Sec-WebSocket-Version.
+        raise HandshakeError("Hixie-75 WebSocket upgrade needs an Origin header "
+                             "(RFC 6455 needs Sec-WebSocket-Key and Sec-WebSocket-Version)")
     fields = _response_fields("WebSocket-", origin, location,
                               _echoable(headers, "websocket-protocol"))
     response = _response("HTTP/1.1 101 Web Socket Protocol Handshake", fields)

@@ -11,14 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from typing import TYPE_CHECKING
+import re
 
 from websockify.errors import HandshakeError
 from websockify.protocol import subprotocol
+from websockify.protocol.handshake_types import HandshakeOptions, Upgrade, UpgradeRequest
 from websockify.protocol.hybi import HybiCodec
-
-if TYPE_CHECKING:
-    from websockify.protocol.handshake import HandshakeOptions, Upgrade, UpgradeRequest
 
 #: The versions we speak, for Sec-WebSocket-Version in a refusal.
 SUPPORTED_VERSIONS_HEADER = "13, 8, 7"
@@ -26,6 +24,7 @@ SUPPORTED_VERSIONS = frozenset(SUPPORTED_VERSIONS_HEADER.split(", "))
 #: The GUID of RFC 6455 section 1.3, hashed with the client's key.
 _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _KEY_LENGTH = 16
+_HTTP_VERSION = re.compile(r"HTTP/(\d{1,3})\.(\d{1,3})")
 
 
 def _tokens(value: str) -> set[str]:
@@ -53,10 +52,26 @@ def _check_key(key: str | None) -> str:
     return key
 
 
+def check_request(request: UpgradeRequest) -> None:
+    """RFC 6455 section 4.1's demands on the HTTP request itself: HTTP/1.1 or later,
+    with a Host.  Checked by :func:`websockify.protocol.handshake.accept`; a caller of
+    :func:`accept` with headers alone (upstream's ``WebSocket.accept``) leaves them
+    to its HTTP layer."""
+    _check_http_version(request.http_version)
+    if not request.headers.get("host", "").strip():
+        raise HandshakeError("a WebSocket upgrade needs a Host header")
+
+
+def _check_http_version(version: str) -> None:
+    """RFC 6455 section 4.1: the opening handshake is an HTTP/1.1 (or later) request."""
+    match = _HTTP_VERSION.fullmatch(version)
+    if match is None or (int(match[1]), int(match[2])) < (1, 1):
+        raise HandshakeError(
+            f"a WebSocket upgrade needs HTTP/1.1 or later, not {version[:20]!r}")
+
+
 def accept(request: UpgradeRequest, options: HandshakeOptions) -> Upgrade:
     """Answer an RFC 6455 (or HyBi 7/8) upgrade; raises HandshakeError(400) on a bad one."""
-    from websockify.protocol.handshake import Upgrade
-
     headers = request.headers
     if "websocket" not in _tokens(headers.get("upgrade", "")):
         raise HandshakeError('the Upgrade header must name "websocket"')
