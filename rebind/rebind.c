@@ -1,45 +1,63 @@
 /*
- * rebind.so - an LD_PRELOAD shim that moves a wrapped program's TCP listener
- * to a free loopback port and tells websockify where it went.
+ * rebind.so - an LD_PRELOAD shim that moves exactly one listener of a wrapped
+ * program to a free loopback port and tells websockify where it went.
  *
  * websockify starts the program with this library preloaded and with:
  *
- *   WEBSOCKIFY_REBIND_PORTS   "*" (move every TCP bind to a non-zero port) or a
- *                             comma-separated list of the ports to move.
- *   WEBSOCKIFY_REBIND_REPORT  the file the shim appends one line to for every
- *                             moved socket that starts listening:
- *                             "<pid> <original port> <host> <loopback port>\n"
- *   WEBSOCKIFY_REBIND_TO      optional: the loopback port moved binds go to
- *                             instead of a free one (the `rebind` command's NEW_PORT).
+ *   WEBSOCKIFY_REBIND_REPORT  a file websockify created empty: the shim's shared
+ *                             state and the report websockify reads.  Without
+ *                             it (or once it is gone) the shim does nothing.
+ *   WEBSOCKIFY_REBIND_PORT    "*": the first TCP listener on a non-zero port is
+ *                             the program's; a number: the listener on that port.
+ *   WEBSOCKIFY_REBIND_UNIX    with --unix-target: the unix socket path whose
+ *                             listener is reported (never moved).
  *
- * A moved bind() goes to 127.0.0.1:0 (IPv4) or [::1]:0 (IPv6): the kernel picks
- * a free port, so nothing is guessed and the program cannot collide with
- * websockify's own listener.  The report is written at listen() time, when a
- * connection can succeed, in one write() to a file opened with O_APPEND, so
- * lines of concurrent processes never interleave.
+ * Why at listen() and not at bind(): a bind() alone may be a client choosing its
+ * source port, which must stay where it asked.  So bind() goes to the address
+ * asked for; when that socket then listen()s on the wanted port, the shim swaps
+ * a fresh socket bound to 127.0.0.1:0 or [::1]:0 in under the same descriptor
+ * (dup3), with the program's socket options copied, and listens on it.  The
+ * moved port is read back from the socket (getsockname), so copies made with
+ * dup/dup2/F_DUPFD and descriptors of any number work.
  *
- * The report file also keeps the program's view of its ports true: a moved
- * bind to a port that a live process of the tree already listens on (same
- * family) fails with EADDRINUSE, as the real bind would have.  Wrappers that
- * probe "is my server up yet?" by binding its port (TigerVNC's vncserver does)
- * therefore see the server they started.
+ * Only when the real bind() fails with EADDRINUSE (websockify itself listens on
+ * that port, upstream's form, or another program does) is the socket moved at
+ * bind() already; it is remembered by inode so listen() can report it, and a
+ * connect() from it fails with EADDRINUSE as the real bind() would have.
  *
- * Everything that is not a TCP socket of family AF_INET/AF_INET6 binding a
- * port on the list goes straight to the real bind()/listen(), untouched.  The
- * caller's errno is kept: it changes only when the real call fails.  The shim
- * prints nothing unless built with -DREBIND_DEBUG (make rebind REBIND_DEBUG=1).
+ * The report file is the state all processes of the tree share, whenever they
+ * were exec'd: under flock(), the first process to listen on a wanted port
+ * appends "<pid> tcp <original port> <127.0.0.1|::1> <port> <socket inode>".
+ * From then on nothing else is moved, except the same port in the other address
+ * family by the same process (dual-stack servers such as Xtigervnc).  Other
+ * binds to the original port fail with EADDRINUSE while that socket still
+ * listens (checked by inode in /proc/net/tcp{,6}, so a reused pid cannot fake
+ * it): wrappers that probe "is my server up?" by binding its port, as TigerVNC's
+ * vncserver does, see the server they started.
+ *
+ * Everything else - other ports, UDP, unix sockets, port 0 - goes straight to
+ * the real call.  The caller's errno changes only when a call fails.  The real
+ * symbols are resolved once; a dlsym() that finds the shim itself again fails
+ * the calls with ENOSYS instead of recursing.  Nothing is printed unless built
+ * with -DREBIND_DEBUG (make rebind REBIND_DEBUG=1).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
-#include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #ifdef REBIND_DEBUG
@@ -48,69 +66,107 @@
 #define DEBUG(...) ((void)0)
 #endif
 
-#define MAX_PORTS 16
-/* Sockets are remembered by descriptor between bind() and listen(); a moved
- * socket whose descriptor is beyond the table is reported at bind() instead. */
-#define FD_TABLE 4096
+/* Report lines read at most: only the program's listener is ever reported. */
+#define MAX_ENTRIES 32
+/* Sockets moved at bind() (their port was busy) that have not listened yet. */
+#define EARLY_MOVES 256
 
 typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*listen_fn)(int, int);
+typedef int (*connect_fn)(int, const struct sockaddr *, socklen_t);
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
+/* Set while this thread resolves the real symbols: a call back into the shim
+ * from dlsym() must not wait on init_once, which it is inside of. */
+static __thread int resolving;
 static bind_fn real_bind;
 static listen_fn real_listen;
-static const char *report_path;
-/* Loopback port moved binds go to (network order); 0: a free one. */
-static unsigned short moved_to;
-static int move_every_port;
-static unsigned short ports[MAX_PORTS];
-static size_t port_count;
-/* Original port of a moved socket that has not listened yet, 0 for none. */
-static unsigned short moved_from[FD_TABLE];
+static connect_fn real_connect;
 
-static void parse_ports(const char *spec)
-{
-    if (strcmp(spec, "*") == 0) {
-        move_every_port = 1;
-        return;
-    }
-    while (*spec != '\0' && port_count < MAX_PORTS) {
-        char *end;
-        unsigned long port = strtoul(spec, &end, 10);
-        if (end == spec)
-            break;
-        if (port > 0 && port < 65536)
-            ports[port_count++] = (unsigned short)port;
-        spec = (*end == ',') ? end + 1 : end;
-    }
-}
+static const char *report_path;
+static int any_port;
+static unsigned short wanted_port;
+static char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+
+/* One line of the report file. */
+struct entry {
+    long pid;
+    int is_unix;
+    unsigned short original;
+    int family;
+    unsigned short port;
+    unsigned long inode;
+};
+
+struct state {
+    size_t count;
+    struct entry entries[MAX_ENTRIES];
+};
+
+/* Sockets moved at bind() time, keyed by inode; the oldest is overwritten. */
+static pthread_mutex_t early_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    dev_t dev;
+    ino_t ino;
+    unsigned short original;
+} early[EARLY_MOVES];
+static size_t early_next;
+static int early_used;
 
 static void init(void)
 {
-    const char *spec = getenv("WEBSOCKIFY_REBIND_PORTS");
+    const char *spec = getenv("WEBSOCKIFY_REBIND_PORT");
+    const char *unix_spec = getenv("WEBSOCKIFY_REBIND_UNIX");
 
+    resolving = 1;
     real_bind = (bind_fn)dlsym(RTLD_NEXT, "bind");
     real_listen = (listen_fn)dlsym(RTLD_NEXT, "listen");
+    real_connect = (connect_fn)dlsym(RTLD_NEXT, "connect");
+    resolving = 0;
+    /* Not loaded through LD_PRELOAD (linked in, say): RTLD_NEXT may find the
+     * shim itself again, and calling that would recurse forever. */
+    if (real_bind == bind || real_listen == listen || real_connect == connect)
+        real_bind = NULL, real_listen = NULL, real_connect = NULL;
     report_path = getenv("WEBSOCKIFY_REBIND_REPORT");
-    if (getenv("WEBSOCKIFY_REBIND_TO") != NULL)
-        moved_to = htons((unsigned short)strtoul(getenv("WEBSOCKIFY_REBIND_TO"), NULL, 10));
-    if (spec != NULL)
-        parse_ports(spec);
-    DEBUG("ports=%s report=%s\n", spec ? spec : "(none)", report_path ? report_path : "(none)");
+    if (report_path != NULL && report_path[0] == '\0')
+        report_path = NULL;
+    if (spec != NULL && strcmp(spec, "*") == 0) {
+        any_port = 1;
+    } else if (spec != NULL && spec[0] != '\0') {
+        char *end;
+        unsigned long port = strtoul(spec, &end, 10);
+        if (*end == '\0' && port > 0 && port < 65536)
+            wanted_port = (unsigned short)port;
+    }
+    if (unix_spec != NULL && unix_spec[0] == '/' && strlen(unix_spec) < sizeof(unix_path))
+        strcpy(unix_path, unix_spec);
+    DEBUG("port=%s unix=%s report=%s\n", spec ? spec : "(none)", unix_path,
+          report_path ? report_path : "(none)");
 }
 
-static int port_is_moved(unsigned short port)
+__attribute__((constructor)) static void load(void)
 {
-    size_t i;
+    pthread_once(&init_once, init);
+}
 
-    if (port == 0)
+/* Resolve once; 0 when the real calls are usable (errno untouched). */
+static int ready(void)
+{
+    if (resolving)
+        return -1;
+    pthread_once(&init_once, init);
+    return real_bind != NULL && real_listen != NULL && real_connect != NULL ? 0 : -1;
+}
+
+static int is_tcp(int fd)
+{
+    int value;
+    socklen_t len = sizeof(value);
+
+    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &len) != 0 || value != SOCK_STREAM)
         return 0;
-    if (move_every_port)
-        return 1;
-    for (i = 0; i < port_count; i++)
-        if (ports[i] == port)
-            return 1;
-    return 0;
+    len = sizeof(value);
+    return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0 && value == IPPROTO_TCP;
 }
 
 /* The port of an AF_INET/AF_INET6 address in host order, 0 for anything else. */
@@ -125,141 +181,352 @@ static unsigned short inet_port(const struct sockaddr *addr, socklen_t len)
     return 0;
 }
 
-static int is_tcp(int fd)
+static int port_is_wanted(unsigned short port)
 {
-    int value;
-    socklen_t len = sizeof(value);
-
-    if (getsockopt(fd, SOL_SOCKET, SO_TYPE, &value, &len) != 0 || value != SOCK_STREAM)
-        return 0;
-    len = sizeof(value);
-    return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &value, &len) == 0 && value == IPPROTO_TCP;
+    return port != 0 && (any_port || port == wanted_port);
 }
 
-/* Whether a live process has reported a listener on (family, original port). */
-static int moved_port_in_use(int family, unsigned short original)
+/* --- the report file: shared state of the whole tree -------------------------- */
+
+/* The report file locked with `how` (LOCK_SH/LOCK_EX), or -1 when there is none. */
+static int open_report(int how)
+{
+    int fd;
+
+    if (report_path == NULL)
+        return -1;
+    fd = open(report_path, O_RDWR | O_APPEND | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    while (flock(fd, how) != 0) {
+        if (errno != EINTR) {
+            close(fd);
+            return -1;
+        }
+    }
+    return fd;
+}
+
+static void read_state(int fd, struct state *state)
 {
     char buf[8192];
     char *line, *rest;
     ssize_t n;
-    int in = -1;
 
-    if (report_path != NULL)
-        in = open(report_path, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return 0;
-    n = read(in, buf, sizeof(buf) - 1);
-    close(in);
+    state->count = 0;
+    n = pread(fd, buf, sizeof(buf) - 1, 0);
     if (n <= 0)
-        return 0;
+        return;
     buf[n] = '\0';
-    for (line = strtok_r(buf, "\n", &rest); line != NULL; line = strtok_r(NULL, "\n", &rest)) {
-        int pid;
-        unsigned int port;
-        char host[16];
+    for (line = strtok_r(buf, "\n", &rest); line != NULL && state->count < MAX_ENTRIES;
+         line = strtok_r(NULL, "\n", &rest)) {
+        struct entry *e = &state->entries[state->count];
+        char host[48];
+        int used = 0;
 
-        if (sscanf(line, "%d %u %15s", &pid, &port, host) != 3 || port != original)
+        memset(e, 0, sizeof(*e));
+        if (sscanf(line, "%ld tcp %hu %47s %hu %lu", &e->pid, &e->original, host, &e->port,
+                   &e->inode) == 5) {
+            e->family = strchr(host, ':') != NULL ? AF_INET6 : AF_INET;
+        } else if (sscanf(line, "%ld unix %n", &e->pid, &used) == 1 && used > 0) {
+            e->is_unix = 1;
+        } else {
             continue;
-        if ((strchr(host, ':') != NULL) != (family == AF_INET6))
+        }
+        state->count++;
+    }
+}
+
+/* Whether a socket with this inode listens on this loopback port right now. */
+static int still_listening(const struct entry *e)
+{
+    char line[512];
+    FILE *table = fopen(e->family == AF_INET6 ? "/proc/net/tcp6" : "/proc/net/tcp", "re");
+    int found = 0;
+
+    if (table == NULL)
+        return 1; /* cannot tell: keep the program's port taken */
+    while (!found && fgets(line, sizeof(line), table) != NULL) {
+        unsigned int port, st;
+        unsigned long inode;
+
+        if (sscanf(line, " %*u: %*[0-9A-Fa-f]:%x %*[0-9A-Fa-f]:%*x %x %*x:%*x %*x:%*x %*x %*u %*u %lu",
+                   &port, &st, &inode) == 3)
+            found = port == e->port && st == 0x0A && inode == e->inode;
+    }
+    fclose(table);
+    return found;
+}
+
+/* The first TCP report line: the program's listener; NULL while there is none. */
+static const struct entry *chosen(const struct state *state)
+{
+    size_t i;
+
+    for (i = 0; i < state->count; i++)
+        if (!state->entries[i].is_unix)
+            return &state->entries[i];
+    return NULL;
+}
+
+/* Whether the program's port counts as taken for a bind in `family` by us:
+ * a reported socket on it still listens, in our family or in another process. */
+static int port_taken(const struct state *state, unsigned short original, int family)
+{
+    size_t i;
+
+    for (i = 0; i < state->count; i++) {
+        const struct entry *e = &state->entries[i];
+        if (e->is_unix || e->original != original)
             continue;
-        if (kill(pid, 0) == 0 || errno == EPERM)
+        if ((e->family == family || e->pid != (long)getpid()) && still_listening(e))
             return 1;
     }
     return 0;
 }
 
-/* The descriptor no longer holds a moved socket that still has to listen. */
-static void forget(int fd)
+/* Whether a listener on `original` in `family` is the program's to move now. */
+static int may_move(const struct state *state, unsigned short original, int family)
 {
-    if (fd >= 0 && fd < FD_TABLE)
-        moved_from[fd] = 0;
+    const struct entry *first = chosen(state);
+
+    if (first == NULL)
+        return 1;
+    return first->original == original && first->pid == (long)getpid() &&
+           !port_taken(state, original, family);
 }
 
-/* Append "<pid> <original port> <host> <loopback port>" if fd is bound to loopback. */
-static void report(int fd, unsigned short original)
+static void append_line(int report, const char *line, int n)
+{
+    if (n <= 0 || write(report, line, (size_t)n) != n)
+        DEBUG("short write to %s\n", report_path);
+}
+
+static void report_tcp(int report, int fd, unsigned short original)
 {
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
-    const char *host;
+    struct stat st;
+    char line[128];
     unsigned short port;
-    char line[96];
-    int n, out;
+    const char *host;
 
-    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0)
+    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0 || fstat(fd, &st) != 0)
         return;
-    if (local.ss_family == AF_INET) {
-        const struct sockaddr_in *v4 = (const struct sockaddr_in *)&local;
-        if (v4->sin_addr.s_addr != htonl(INADDR_LOOPBACK))
-            return;
-        host = "127.0.0.1";
-        port = ntohs(v4->sin_port);
-    } else if (local.ss_family == AF_INET6) {
-        const struct sockaddr_in6 *v6 = (const struct sockaddr_in6 *)&local;
-        if (!IN6_IS_ADDR_LOOPBACK(&v6->sin6_addr))
-            return;
+    if (local.ss_family == AF_INET6) {
         host = "::1";
-        port = ntohs(v6->sin6_port);
+        port = ntohs(((struct sockaddr_in6 *)&local)->sin6_port);
     } else {
-        return;
+        host = "127.0.0.1";
+        port = ntohs(((struct sockaddr_in *)&local)->sin_port);
     }
     DEBUG("pid %d: port %u listens on %s port %u\n", (int)getpid(), original, host, port);
-    if (report_path == NULL)
-        return;
-    n = snprintf(line, sizeof(line), "%d %u %s %u\n", (int)getpid(), original, host, port);
-    out = open(report_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-    if (out < 0)
-        return;
-    if (write(out, line, (size_t)n) != n)
-        DEBUG("short write to %s\n", report_path);
-    close(out);
+    append_line(report, line, snprintf(line, sizeof(line), "%ld tcp %u %s %u %lu\n",
+                                       (long)getpid(), original, host, port,
+                                       (unsigned long)st.st_ino));
 }
+
+/* --- sockets moved at bind() because their port was busy ---------------------- */
+
+static void early_add(int fd, unsigned short original)
+{
+    struct stat st;
+
+    if (fstat(fd, &st) != 0)
+        return;
+    pthread_mutex_lock(&early_lock);
+    early[early_next].dev = st.st_dev;
+    early[early_next].ino = st.st_ino;
+    early[early_next].original = original;
+    early_next = (early_next + 1) % EARLY_MOVES;
+    __atomic_store_n(&early_used, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&early_lock);
+}
+
+/* The original port of a socket moved at bind(), forgotten once taken; 0 if none. */
+static unsigned short early_take(int fd)
+{
+    struct stat st;
+    unsigned short original = 0;
+    size_t i;
+
+    if (!__atomic_load_n(&early_used, __ATOMIC_ACQUIRE) || fstat(fd, &st) != 0)
+        return 0;
+    pthread_mutex_lock(&early_lock);
+    for (i = 0; i < EARLY_MOVES; i++) {
+        if (early[i].original != 0 && early[i].ino == st.st_ino && early[i].dev == st.st_dev) {
+            original = early[i].original;
+            early[i].original = 0;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&early_lock);
+    return original;
+}
+
+static int bind_loopback(int fd, int family)
+{
+    struct sockaddr_in v4;
+    struct sockaddr_in6 v6;
+
+    if (family == AF_INET6) {
+        memset(&v6, 0, sizeof(v6));
+        v6.sin6_family = AF_INET6;
+        v6.sin6_addr = in6addr_loopback;
+        return real_bind(fd, (const struct sockaddr *)&v6, sizeof(v6));
+    }
+    memset(&v4, 0, sizeof(v4));
+    v4.sin_family = AF_INET;
+    v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    return real_bind(fd, (const struct sockaddr *)&v4, sizeof(v4));
+}
+
+/* --- the swap at listen() ------------------------------------------------------ */
+
+/* Options the program may have set on its listener that matter once it is moved;
+ * each is copied only where it differs from a fresh socket's default. */
+static const struct {
+    int level, name;
+    int halve; /* the kernel reports twice the size that was set */
+} copied_options[] = {
+    {SOL_SOCKET, SO_REUSEADDR, 0},     {SOL_SOCKET, SO_REUSEPORT, 0},
+    {SOL_SOCKET, SO_KEEPALIVE, 0},     {SOL_SOCKET, SO_OOBINLINE, 0},
+    {SOL_SOCKET, SO_RCVBUF, 1},        {SOL_SOCKET, SO_SNDBUF, 1},
+    {SOL_SOCKET, SO_RCVLOWAT, 0},      {SOL_SOCKET, SO_PRIORITY, 0},
+    {SOL_SOCKET, SO_LINGER, 0},        {SOL_SOCKET, SO_RCVTIMEO, 0},
+    {SOL_SOCKET, SO_SNDTIMEO, 0},      {IPPROTO_TCP, TCP_NODELAY, 0},
+    {IPPROTO_TCP, TCP_KEEPIDLE, 0},    {IPPROTO_TCP, TCP_KEEPINTVL, 0},
+    {IPPROTO_TCP, TCP_KEEPCNT, 0},     {IPPROTO_TCP, TCP_DEFER_ACCEPT, 0},
+    {IPPROTO_TCP, TCP_FASTOPEN, 0},    {IPPROTO_TCP, TCP_USER_TIMEOUT, 0},
+    {IPPROTO_TCP, TCP_NOTSENT_LOWAT, 0},
+};
+
+static void copy_options(int from, int to)
+{
+    size_t i;
+
+    for (i = 0; i < sizeof(copied_options) / sizeof(copied_options[0]); i++) {
+        union {
+            int i;
+            struct linger l;
+            struct timeval t;
+        } old, fresh;
+        socklen_t old_len = sizeof(old), fresh_len = sizeof(fresh);
+        int level = copied_options[i].level, name = copied_options[i].name;
+
+        memset(&old, 0, sizeof(old));
+        memset(&fresh, 0, sizeof(fresh));
+        if (getsockopt(from, level, name, &old, &old_len) != 0 ||
+            getsockopt(to, level, name, &fresh, &fresh_len) != 0)
+            continue;
+        if (old_len == fresh_len && memcmp(&old, &fresh, old_len) == 0)
+            continue;
+        if (copied_options[i].halve)
+            old.i /= 2;
+        if (setsockopt(to, level, name, &old, old_len) != 0)
+            DEBUG("option %d/%d not copied\n", level, name);
+    }
+}
+
+/* Put a socket listening on loopback port 0 in place of `fd`; -1 and errno if not. */
+static int swap_to_loopback(int fd, int family, int backlog)
+{
+    int fresh, status_flags, fd_flags, failure;
+
+    fresh = socket(family, SOCK_STREAM | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fresh < 0)
+        return -1;
+    copy_options(fd, fresh);
+    status_flags = fcntl(fd, F_GETFL);
+    fd_flags = fcntl(fd, F_GETFD);
+    if (status_flags >= 0 && (status_flags & O_NONBLOCK))
+        fcntl(fresh, F_SETFL, fcntl(fresh, F_GETFL) | O_NONBLOCK);
+    if (bind_loopback(fresh, family) != 0 || real_listen(fresh, backlog) != 0 ||
+        dup3(fresh, fd, fd_flags >= 0 && (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
+        failure = errno;
+        close(fresh);
+        errno = failure;
+        return -1;
+    }
+    close(fresh);
+    return 0;
+}
+
+/* --- the interposed calls ------------------------------------------------------ */
 
 int bind(int fd, const struct sockaddr *addr, socklen_t len)
 {
     int saved_errno = errno;
-    unsigned short original;
-    struct sockaddr_in v4;
-    struct sockaddr_in6 v6;
-    int result;
+    unsigned short port;
+    int report, result;
+    struct state state;
+    const struct entry *first;
 
-    pthread_once(&init_once, init);
-    if (real_bind == NULL) {
+    if (ready() != 0) {
         errno = ENOSYS;
         return -1;
     }
-    original = inet_port(addr, len);
-    if (original == 0 || !is_tcp(fd) || !port_is_moved(original)) {
+    port = inet_port(addr, len);
+    if (!port_is_wanted(port) || !is_tcp(fd) || (report = open_report(LOCK_SH)) < 0) {
         errno = saved_errno;
-        result = real_bind(fd, addr, len);
-        /* A successful bind means fd is a fresh socket, not one we moved. */
-        if (result == 0)
-            forget(fd);
-        return result;
+        return real_bind(fd, addr, len);
     }
-    if (moved_port_in_use(addr->sa_family, original)) {
+    read_state(report, &state);
+    close(report);
+    first = chosen(&state);
+    if (first != NULL && port == first->original && port_taken(&state, port, addr->sa_family)) {
+        DEBUG("pid %d: port %u is the program's: in use\n", (int)getpid(), port);
         errno = EADDRINUSE;
         return -1;
     }
-    if (addr->sa_family == AF_INET) {
-        memset(&v4, 0, sizeof(v4));
-        v4.sin_family = AF_INET;
-        v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        v4.sin_port = moved_to;
-        result = real_bind(fd, (const struct sockaddr *)&v4, sizeof(v4));
-    } else {
-        memset(&v6, 0, sizeof(v6));
-        v6.sin6_family = AF_INET6;
-        v6.sin6_addr = in6addr_loopback;
-        v6.sin6_port = moved_to;
-        result = real_bind(fd, (const struct sockaddr *)&v6, sizeof(v6));
-    }
-    if (result != 0)
+    errno = saved_errno;
+    result = real_bind(fd, addr, len);
+    if (result == 0 || errno != EADDRINUSE || !may_move(&state, port, addr->sa_family))
         return result;
-    DEBUG("pid %d: moved a bind to port %u to loopback\n", (int)getpid(), original);
-    if (fd < FD_TABLE)
-        moved_from[fd] = original;
+    /* The port is busy (websockify's own, or another program's): the program's
+     * listener cannot have it anyway, so it moves now, before listen(). */
+    if (bind_loopback(fd, addr->sa_family) != 0) {
+        errno = EADDRINUSE;
+        return -1;
+    }
+    DEBUG("pid %d: port %u is busy: bound to loopback\n", (int)getpid(), port);
+    early_add(fd, port);
+    errno = saved_errno;
+    return 0;
+}
+
+static int listen_unix(int fd, int backlog)
+{
+    struct sockaddr_un local;
+    socklen_t len = sizeof(local);
+    char path[PATH_MAX + sizeof(local.sun_path)];
+    struct state state;
+    char line[sizeof(path) + 32];
+    int saved_errno = errno, report;
+
+    if (real_listen(fd, backlog) != 0)
+        return -1;
+    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0 ||
+        len <= offsetof(struct sockaddr_un, sun_path) || local.sun_path[0] == '\0') {
+        errno = saved_errno;
+        return 0;
+    }
+    local.sun_path[sizeof(local.sun_path) - 1] = '\0';
+    if (local.sun_path[0] == '/')
+        snprintf(path, sizeof(path), "%s", local.sun_path);
+    else if (getcwd(path, PATH_MAX) != NULL)
+        snprintf(path + strlen(path), sizeof(path) - strlen(path), "/%s", local.sun_path);
     else
-        report(fd, original);
+        path[0] = '\0';
+    if (strcmp(path, unix_path) == 0 && (report = open_report(LOCK_EX)) >= 0) {
+        read_state(report, &state);
+        if (state.count == 0) {
+            DEBUG("pid %d: listens on %s\n", (int)getpid(), path);
+            append_line(report, line,
+                        snprintf(line, sizeof(line), "%ld unix %s\n", (long)getpid(), path));
+        }
+        close(report);
+    }
     errno = saved_errno;
     return 0;
 }
@@ -267,20 +534,69 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
 int listen(int fd, int backlog)
 {
     int saved_errno = errno;
-    unsigned short original;
-    int result;
+    struct sockaddr_storage local;
+    socklen_t len = sizeof(local);
+    unsigned short original, port;
+    struct state state;
+    int report, result;
 
-    pthread_once(&init_once, init);
-    if (real_listen == NULL) {
+    if (ready() != 0) {
         errno = ENOSYS;
         return -1;
     }
-    result = real_listen(fd, backlog);
-    if (result != 0 || fd < 0 || fd >= FD_TABLE || moved_from[fd] == 0)
-        return result;
-    original = moved_from[fd];
-    moved_from[fd] = 0;
-    report(fd, original);
+    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) {
+        errno = saved_errno;
+        return real_listen(fd, backlog);
+    }
+    if (local.ss_family == AF_UNIX && unix_path[0] != '\0') {
+        errno = saved_errno;
+        return listen_unix(fd, backlog);
+    }
+    port = inet_port((struct sockaddr *)&local, len);
+    original = port == 0 ? 0 : early_take(fd);
+    if ((original == 0 && !port_is_wanted(port)) || !is_tcp(fd) ||
+        (report = open_report(LOCK_EX)) < 0) {
+        errno = saved_errno;
+        return real_listen(fd, backlog);
+    }
+    read_state(report, &state);
+    if (!may_move(&state, original ? original : port, local.ss_family)) {
+        close(report);
+        if (original != 0) {
+            /* Moved at bind() for a listener that is not the program's: that
+             * bind would have failed. */
+            errno = EADDRINUSE;
+            return -1;
+        }
+        errno = saved_errno;
+        return real_listen(fd, backlog);
+    }
+    if (original != 0)
+        result = real_listen(fd, backlog);
+    else
+        result = swap_to_loopback(fd, local.ss_family, backlog);
+    if (result == 0)
+        report_tcp(report, fd, original ? original : port);
+    close(report);
+    if (result == 0)
+        errno = saved_errno;
+    return result;
+}
+
+int connect(int fd, const struct sockaddr *addr, socklen_t len)
+{
+    int saved_errno = errno;
+
+    if (ready() != 0) {
+        errno = ENOSYS;
+        return -1;
+    }
+    if (early_take(fd) != 0) {
+        /* A client that asked for a busy source port: its bind() would have
+         * failed, and its connection must not leave from loopback. */
+        errno = EADDRINUSE;
+        return -1;
+    }
     errno = saved_errno;
-    return 0;
+    return real_connect(fd, addr, len);
 }

@@ -24,7 +24,7 @@ from websockify.errors import HandshakeError, TargetError
 from websockify.launcher import WrappedProgram
 from websockify.protocol.hybi import HybiCodec
 from websockify.relay import Relay, refuse
-from websockify.settings import Settings, TcpAddress
+from websockify.settings import Settings
 from websockify.static import StaticFiles
 
 logger = logging.getLogger(__name__)
@@ -178,8 +178,7 @@ def _target_opener(settings: Settings, program: WrappedProgram | None,
         if chosen is not None:
             return target.connect(chosen, timeout, context)
         assert program is not None, "cli guarantees a target, a token plugin or a program"
-        host, port = program.wait_for_target(timeout)
-        return target.connect(TcpAddress(host, port), timeout, context)
+        return target.connect(program.wait_for_target(timeout), timeout, context)
 
     return connect
 

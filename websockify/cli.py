@@ -42,6 +42,7 @@ from websockify.settings import (
     TcpAddress,
     TlsSettings,
     UnixAddress,
+    WrapMode,
     WrapSettings,
 )
 
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long a client waits for its target (and a wrapped program) "
         f"(default {limits.connect_timeout:g})")
-    add("--wrap-mode", choices=("exit", "ignore", "respawn"), default="exit",
+    add("--wrap-mode", choices=[mode.value for mode in WrapMode], default=WrapMode.EXIT.value,
         help="when the wrapped program exits: exit (default), ignore, respawn")
     add("--wrap-port", type=_port, metavar="PORT",
         help="the wrapped program's port to relay to (default: its first listener)")
@@ -232,10 +233,10 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
             raise ConfigError("--token-plugin chooses the target: it excludes --unix-target "
                               "and a wrapped program")
         target = None
-    elif wrap_command or opts.unix_target:
-        target = UnixAddress(opts.unix_target) if opts.unix_target else None
-        if wrap_command and opts.unix_target:
-            raise ConfigError("--unix-target and a wrapped program exclude each other")
+    elif wrap_command:
+        target = None  # the wrapped program's listener, or --unix-target's
+    elif opts.unix_target:
+        target = UnixAddress(opts.unix_target)
     elif not positional:
         raise ConfigError("missing target_addr:target_port")
     else:
@@ -260,8 +261,12 @@ def _settings(opts: argparse.Namespace, wrap_command: list[str], for_wsgi: bool)
         raise ConfigError("--wrap-port and --rebind need a wrapped program (-- COMMAND)")
     wrap = None
     if wrap_command:
-        wrap = WrapSettings(tuple(wrap_command), mode=opts.wrap_mode,
-                            program_port=opts.wrap_port, rebind_path=opts.rebind)
+        if opts.unix_target and opts.wrap_port is not None:
+            raise ConfigError("--wrap-port names a TCP port; with --unix-target the wrapped "
+                              "program listens on that unix socket instead")
+        wrap = WrapSettings(tuple(wrap_command), mode=WrapMode(opts.wrap_mode),
+                            program_port=opts.wrap_port, rebind_path=opts.rebind,
+                            unix_target=opts.unix_target)
     return Settings(
         listen=listen,
         target=target,

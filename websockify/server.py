@@ -226,8 +226,9 @@ def _start_program(settings: Settings, listener: socket.socket,
     wrap = settings.wrap
     own_port = listener.getsockname()[1] if isinstance(settings.listen, TcpAddress) else None
     program = WrappedProgram(
-        wrap.command, listen_port=own_port, program_port=wrap.program_port,
-        wrap_mode=wrap.mode, rebind_path=wrap.rebind_path, on_exit=stopped.set,
+        wrap.command, mode=wrap.mode, on_exit=stopped.set, program_port=wrap.program_port,
+        unix_target=wrap.unix_target, rebind_path=wrap.rebind_path, listen_port=own_port,
+        listen_timeout=settings.limits.connect_timeout,
     )
     program.start()
     return program

@@ -8,6 +8,7 @@ and a WSGI deployment.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 
@@ -64,14 +65,27 @@ class Limits:
     connect_timeout: float = 10.0
 
 
+class WrapMode(str, Enum):
+    """What ``--wrap-mode`` does when the wrapped program's server ends."""
+
+    EXIT = "exit"
+    IGNORE = "ignore"
+    RESPAWN = "respawn"
+
+
 @dataclass(frozen=True, slots=True)
 class WrapSettings:
-    """The program websockify starts and relays to (``-- COMMAND ARGS``)."""
+    """The program websockify starts and relays to (``-- COMMAND ARGS``).
+
+    ``unix_target``: the program listens on this unix socket (``--unix-target``)
+    instead of a TCP port that rebind.so moves.
+    """
 
     command: tuple[str, ...]
-    mode: str = "exit"
+    mode: WrapMode = WrapMode.EXIT
     program_port: int | None = None
     rebind_path: str | None = None
+    unix_target: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
