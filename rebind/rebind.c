@@ -10,20 +10,23 @@
  *   WEBSOCKIFY_REBIND_PORT    "*": the first TCP listener on a non-zero port is
  *                             the program's; a number: the listener on that port.
  *   WEBSOCKIFY_REBIND_UNIX    with --unix-target: the unix socket path whose
- *                             listener is reported (never moved).
+ *                             listener is reported ("<pid> unix <path>"),
+ *                             never moved.
  *
  * Why at listen() and not at bind(): a bind() alone may be a client choosing its
  * source port, which must stay where it asked.  So bind() goes to the address
- * asked for; when that socket then listen()s on the wanted port, the shim swaps
- * a fresh socket bound to 127.0.0.1:0 or [::1]:0 in under the same descriptor
- * (dup3), with the program's socket options copied, and listens on it.  The
- * moved port is read back from the socket (getsockname), so copies made with
- * dup/dup2/F_DUPFD and descriptors of any number work.
+ * asked for, and a socket bound to a port that may be the program's is noted
+ * by inode (every dup/dup2/F_DUPFD copy of its descriptor, of any number, finds
+ * it).  When that socket listen()s and is the program's, the shim swaps a fresh
+ * socket bound to 127.0.0.1:0 or [::1]:0 in under the same descriptor (dup3),
+ * with the program's socket options and flags copied, and listens on it; the
+ * moved port is read back from the socket (getsockname).  A socket bound to
+ * port 0, or never bound, is never the program's.
  *
  * Only when the real bind() fails with EADDRINUSE (websockify itself listens on
  * that port, upstream's form, or another program does) is the socket moved at
- * bind() already; it is remembered by inode so listen() can report it, and a
- * connect() from it fails with EADDRINUSE as the real bind() would have.
+ * bind() already; a connect() from it then fails with EADDRINUSE, as the real
+ * bind() would have.
  *
  * The report file is the state all processes of the tree share, whenever they
  * were exec'd: under flock(), the first process to listen on a wanted port
@@ -68,8 +71,8 @@
 
 /* Report lines read at most: only the program's listener is ever reported. */
 #define MAX_ENTRIES 32
-/* Sockets moved at bind() (their port was busy) that have not listened yet. */
-#define EARLY_MOVES 256
+/* Binds to the program's port remembered until their listen() or connect(). */
+#define PENDING_BINDS 256
 
 typedef int (*bind_fn)(int, const struct sockaddr *, socklen_t);
 typedef int (*listen_fn)(int, int);
@@ -103,15 +106,17 @@ struct state {
     struct entry entries[MAX_ENTRIES];
 };
 
-/* Sockets moved at bind() time, keyed by inode; the oldest is overwritten. */
-static pthread_mutex_t early_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct {
+/* Sockets bound to a port that may be the program's, keyed by inode (so every
+ * copy of the descriptor finds them); the oldest entry is overwritten. */
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct pending {
     dev_t dev;
     ino_t ino;
-    unsigned short original;
-} early[EARLY_MOVES];
-static size_t early_next;
-static int early_used;
+    unsigned short original; /* 0: a free entry */
+    int moved;               /* the port was busy: moved to loopback at bind() */
+} pending[PENDING_BINDS];
+static size_t pending_next;
+static int pending_used;
 
 static void init(void)
 {
@@ -326,42 +331,44 @@ static void report_tcp(int report, int fd, unsigned short original)
                                        (unsigned long)st.st_ino));
 }
 
-/* --- sockets moved at bind() because their port was busy ---------------------- */
+/* --- binds that may become the program's listener ------------------------------ */
 
-static void early_add(int fd, unsigned short original)
+static void pending_add(int fd, unsigned short original, int moved)
 {
     struct stat st;
 
     if (fstat(fd, &st) != 0)
         return;
-    pthread_mutex_lock(&early_lock);
-    early[early_next].dev = st.st_dev;
-    early[early_next].ino = st.st_ino;
-    early[early_next].original = original;
-    early_next = (early_next + 1) % EARLY_MOVES;
-    __atomic_store_n(&early_used, 1, __ATOMIC_RELEASE);
-    pthread_mutex_unlock(&early_lock);
+    pthread_mutex_lock(&pending_lock);
+    pending[pending_next].dev = st.st_dev;
+    pending[pending_next].ino = st.st_ino;
+    pending[pending_next].original = original;
+    pending[pending_next].moved = moved;
+    pending_next = (pending_next + 1) % PENDING_BINDS;
+    __atomic_store_n(&pending_used, 1, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(&pending_lock);
 }
 
-/* The original port of a socket moved at bind(), forgotten once taken; 0 if none. */
-static unsigned short early_take(int fd)
+/* The pending bind of the socket behind `fd`, forgotten once taken: 0 if none. */
+static int pending_take(int fd, struct pending *out)
 {
     struct stat st;
-    unsigned short original = 0;
     size_t i;
+    int found = 0;
 
-    if (!__atomic_load_n(&early_used, __ATOMIC_ACQUIRE) || fstat(fd, &st) != 0)
+    if (!__atomic_load_n(&pending_used, __ATOMIC_ACQUIRE) || fstat(fd, &st) != 0)
         return 0;
-    pthread_mutex_lock(&early_lock);
-    for (i = 0; i < EARLY_MOVES; i++) {
-        if (early[i].original != 0 && early[i].ino == st.st_ino && early[i].dev == st.st_dev) {
-            original = early[i].original;
-            early[i].original = 0;
-            break;
+    pthread_mutex_lock(&pending_lock);
+    for (i = 0; i < PENDING_BINDS && !found; i++) {
+        if (pending[i].original != 0 && pending[i].ino == st.st_ino &&
+            pending[i].dev == st.st_dev) {
+            *out = pending[i];
+            pending[i].original = 0;
+            found = 1;
         }
     }
-    pthread_mutex_unlock(&early_lock);
-    return original;
+    pthread_mutex_unlock(&pending_lock);
+    return found;
 }
 
 static int bind_loopback(int fd, int family)
@@ -481,16 +488,23 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     }
     errno = saved_errno;
     result = real_bind(fd, addr, len);
-    if (result == 0 || errno != EADDRINUSE || !may_move(&state, port, addr->sa_family))
+    if (!may_move(&state, port, addr->sa_family))
         return result;
-    /* The port is busy (websockify's own, or another program's): the program's
-     * listener cannot have it anyway, so it moves now, before listen(). */
+    if (result == 0) {
+        /* Where it was asked; listen() decides whether it moves. */
+        pending_add(fd, port, 0);
+        return 0;
+    }
+    if (errno != EADDRINUSE)
+        return result;
+    /* The port is busy (websockify's own, or another program's): were this the
+     * program's listener, it could not have it anyway, so it moves now. */
     if (bind_loopback(fd, addr->sa_family) != 0) {
         errno = EADDRINUSE;
         return -1;
     }
     DEBUG("pid %d: port %u is busy: bound to loopback\n", (int)getpid(), port);
-    early_add(fd, port);
+    pending_add(fd, port, 1);
     errno = saved_errno;
     return 0;
 }
@@ -536,7 +550,7 @@ int listen(int fd, int backlog)
     int saved_errno = errno;
     struct sockaddr_storage local;
     socklen_t len = sizeof(local);
-    unsigned short original, port;
+    struct pending bound;
     struct state state;
     int report, result;
 
@@ -544,39 +558,37 @@ int listen(int fd, int backlog)
         errno = ENOSYS;
         return -1;
     }
-    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0) {
-        errno = saved_errno;
-        return real_listen(fd, backlog);
-    }
-    if (local.ss_family == AF_UNIX && unix_path[0] != '\0') {
+    if (unix_path[0] != '\0' && getsockname(fd, (struct sockaddr *)&local, &len) == 0 &&
+        local.ss_family == AF_UNIX) {
         errno = saved_errno;
         return listen_unix(fd, backlog);
     }
-    port = inet_port((struct sockaddr *)&local, len);
-    original = port == 0 ? 0 : early_take(fd);
-    if ((original == 0 && !port_is_wanted(port)) || !is_tcp(fd) ||
-        (report = open_report(LOCK_EX)) < 0) {
+    /* Only a socket bound to a wanted port can be the program's listener: not
+     * one bound to port 0, nor one listen() binds to an ephemeral port. */
+    if (!pending_take(fd, &bound) || (report = open_report(LOCK_EX)) < 0) {
         errno = saved_errno;
         return real_listen(fd, backlog);
     }
+    len = sizeof(local);
     read_state(report, &state);
-    if (!may_move(&state, original ? original : port, local.ss_family)) {
+    if (getsockname(fd, (struct sockaddr *)&local, &len) != 0 ||
+        !may_move(&state, bound.original, local.ss_family)) {
         close(report);
-        if (original != 0) {
-            /* Moved at bind() for a listener that is not the program's: that
-             * bind would have failed. */
+        if (bound.moved) {
+            /* Moved at bind() for a listener that is not the program's after
+             * all: that bind() would have failed. */
             errno = EADDRINUSE;
             return -1;
         }
         errno = saved_errno;
         return real_listen(fd, backlog);
     }
-    if (original != 0)
+    if (bound.moved)
         result = real_listen(fd, backlog);
     else
         result = swap_to_loopback(fd, local.ss_family, backlog);
     if (result == 0)
-        report_tcp(report, fd, original ? original : port);
+        report_tcp(report, fd, bound.original);
     close(report);
     if (result == 0)
         errno = saved_errno;
@@ -586,12 +598,13 @@ int listen(int fd, int backlog)
 int connect(int fd, const struct sockaddr *addr, socklen_t len)
 {
     int saved_errno = errno;
+    struct pending bound;
 
     if (ready() != 0) {
         errno = ENOSYS;
         return -1;
     }
-    if (early_take(fd) != 0) {
+    if (pending_take(fd, &bound) && bound.moved) {
         /* A client that asked for a busy source port: its bind() would have
          * failed, and its connection must not leave from loopback. */
         errno = EADDRINUSE;

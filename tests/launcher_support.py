@@ -1,5 +1,6 @@
-"""Helpers of the launcher tests: rebind.so built from source, the wrapped test
-programs, a WebSocket echo round trip, and process checks by pid.
+"""Helpers of the launcher tests: rebind.so and a static test server built from
+source, the wrapped test programs, a WebSocket echo round trip, and process
+checks by pid.
 
 The wrapped programs bind fixed ports such as 5901 on purpose: rebind.so moves
 those binds to free loopback ports, so a fixed port never collides with anything,
@@ -14,23 +15,38 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from tests.support import REPO, TIMEOUT, client_frame, open_websocket, read_server_frame
+from tests.bridge_support import wait_until
+from tests.support import REPO, client_frame, open_websocket, read_server_frame
+
+__all__ = ["wait_until"]  # the one bounded poll of the suite, for the launcher tests too
 
 PROGRAMS = REPO / "tests" / "programs"
 REBIND_SOURCE = REPO / "rebind" / "rebind.c"
 
 
-def build_rebind(directory: Path, debug: bool = False) -> Path:
-    """Compile rebind/rebind.c as the Makefile does; returns the .so path."""
+def _compiler() -> str:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     assert compiler, "a C compiler is needed (make test installs gcc)"
+    return compiler
+
+
+def build_rebind(directory: Path, debug: bool = False) -> Path:
+    """Compile rebind/rebind.c as the Makefile does; returns the .so path."""
     target = directory / ("rebind-debug.so" if debug else "rebind.so")
     flags = ["-DREBIND_DEBUG"] if debug else []
-    subprocess.run([compiler, "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared", *flags,
-                    "-o", str(target), str(REBIND_SOURCE), "-ldl"], check=True, timeout=60)
+    subprocess.run([_compiler(), "-O2", "-Wall", "-Wextra", "-Werror", "-fPIC", "-shared",
+                    *flags, "-o", str(target), str(REBIND_SOURCE), "-ldl"],
+                   check=True, timeout=60)
+    return target
+
+
+def build_static_echo(directory: Path) -> Path:
+    """tests/programs/static_echo.c linked statically (libc6-dev ships libc.a)."""
+    target = directory / "static_echo"
+    subprocess.run([_compiler(), "-static", "-O2", "-Wall", "-Wextra", "-Werror", "-o",
+                    str(target), str(PROGRAMS / "static_echo.c")], check=True, timeout=60)
     return target
 
 
@@ -66,15 +82,6 @@ def ws_send(port: int, payload: bytes) -> None:
         time.sleep(0.2)
     finally:
         sock.close()
-
-
-def wait_until(condition: Callable[[], object], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``condition`` every 20 ms until it is true; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def exists(pid: int) -> bool:

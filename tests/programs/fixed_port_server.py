@@ -6,7 +6,10 @@ makes it exit with status n; ``PORT?`` answers ``PORT p``, the port the listener
 that accepted the client was bound to.  ``--helper`` starts a long-lived child in a
 session of its own (as a VNC session script would be) that must not outlive
 websockify; ``--stubborn-helper`` starts one that ignores SIGTERM.  ``--delay``
-waits before listening (clients must wait for it).
+waits before listening (clients must wait for it).  ``--unix PATH`` listens on a
+unix socket instead of ports.  ``--then-serve PORT`` starts, once listening, a
+second server of this kind on PORT from a child process (as a user starts a
+development server from a terminal in a VNC desktop).
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ def listeners(port: int, family: str) -> list[socket.socket]:
     return socks
 
 
+def unix_listener(path: str) -> socket.socket:
+    if os.path.exists(path):
+        os.unlink(path)  # left by an earlier run
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(path)
+    sock.listen(16)
+    return sock
+
+
 def serve(socks: dict[socket.socket, int]) -> int:
     """Echo on every listener; ``socks`` maps each to the port it was bound to."""
     selector = selectors.DefaultSelector()
@@ -67,7 +79,9 @@ def serve(socks: dict[socket.socket, int]) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, action="append", required=True)
+    parser.add_argument("--port", type=int, action="append", default=[])
+    parser.add_argument("--unix", metavar="PATH")
+    parser.add_argument("--then-serve", type=int, metavar="PORT")
     parser.add_argument("--family", choices=("4", "6", "both"), default="4")
     parser.add_argument("--delay", type=float, default=0.0)
     parser.add_argument("--helper", action="store_true")
@@ -83,7 +97,12 @@ def main() -> int:
         with open(args.pidfile, "a") as out:
             out.write("".join(f"{pid}\n" for pid in pids))
     time.sleep(args.delay)
-    return serve({sock: port for port in args.port for sock in listeners(port, args.family)})
+    socks = {sock: port for port in args.port for sock in listeners(port, args.family)}
+    if args.unix:
+        socks[unix_listener(args.unix)] = 0
+    if args.then_serve:
+        subprocess.Popen([sys.executable, __file__, "--port", str(args.then_serve)])
+    return serve(socks)
 
 
 if __name__ == "__main__":
