@@ -3,12 +3,14 @@
 The wrapped program is tests/programs/fixed_port_server.py, an echo server that
 binds a fixed port as a VNC server does (5901 for display :1), alone or behind
 tests/programs/daemonize.py, which daemonizes it as TigerVNC's vncserver does.
+Ports the shim does not move are free ports, so they never collide.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 from tests.launcher_support import (
     REPO,
     build_rebind,
+    build_static_echo,
     daemonized,
     descendants,
     echo_server,
@@ -36,10 +39,13 @@ from tests.support import (
     close_code,
     open_websocket,
     read_server_frame,
+    recv_exact,
     websockify,
 )
 from websockify import launcher
 from websockify.errors import LauncherError
+from websockify.launcher.listener_report import Listener, parse_report
+from websockify.settings import TcpAddress, UnixAddress
 
 
 @pytest.fixture(scope="module")
@@ -98,14 +104,85 @@ def test_upstream_form_the_program_binds_websockifys_port(tmp_path: Path, rebind
         server.stop()
 
 
-@pytest.mark.parametrize(("options", "expected"), [((), b"PORT 5901"),
-                                                   (("--wrap-port", "5902"), b"PORT 5902")])
-def test_wrap_port_chooses_among_several_listeners(
-        tmp_path: Path, rebind: Path, options: tuple[str, ...], expected: bytes) -> None:
-    command = echo_server("--port", "5901", "--port", "5902")
-    server = wrap(tmp_path, rebind, *command, options=options)
+def port_answer(port: int) -> bytes:
+    """``PORT?`` asked straight of a test server on 127.0.0.1:``port``, not through
+    websockify: it answers with the port its listener was bound to."""
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"PORT?")
+        return recv_exact(sock, len(b"PORT %d" % port))
+
+
+@pytest.mark.parametrize("wrap_port", [False, True], ids=["first listener", "--wrap-port"])
+def test_of_two_listeners_the_right_one_is_relayed_and_the_other_keeps_its_port(
+        tmp_path: Path, rebind: Path, wrap_port: bool) -> None:
+    first, second = free_port(), free_port()
+    relayed, kept = (second, first) if wrap_port else (first, second)
+    options = ("--wrap-port", str(second)) if wrap_port else ()
+    server = wrap(tmp_path, rebind, *echo_server("--port", str(first), "--port", str(second)),
+                  options=options)
     try:
-        assert ws_roundtrip(server.port, b"PORT?") == expected
+        assert ws_roundtrip(server.port, b"PORT?") == b"PORT %d" % relayed
+        assert port_answer(kept) == b"PORT %d" % kept
+        assert server.log().count("listens on port") == 1
+    finally:
+        server.stop()
+
+
+def test_a_server_started_later_from_the_program_keeps_its_port(
+        tmp_path: Path, rebind: Path) -> None:
+    """As a development server started from a terminal of a VNC desktop."""
+    later = free_port()
+    server = wrap(tmp_path, rebind, *echo_server("--port", "5901", "--then-serve", str(later)))
+    try:
+        assert ws_roundtrip(server.port, b"PORT?") == b"PORT 5901"
+        wait_until(lambda: accepts(later), f"the second server on port {later}")
+        assert port_answer(later) == b"PORT %d" % later
+        assert server.log().count("listens on port") == 1
+    finally:
+        server.stop()
+
+
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_a_unix_target_program_is_relayed_and_followed(tmp_path: Path, rebind: Path) -> None:
+    path = tmp_path / "program.sock"
+    server = wrap(tmp_path, rebind, *echo_server("--unix", str(path)),
+                  options=("--unix-target", str(path)))
+    try:
+        assert ws_roundtrip(server.port, b"over unix") == b"over unix"
+        assert f"listens on unix:{path}" in server.log()
+        ws_send(server.port, b"EXIT 6")
+        assert server.proc.wait(TIMEOUT) == 6
+    finally:
+        server.stop()
+
+
+def test_wrap_port_with_a_unix_target_is_refused(tmp_path: Path, rebind: Path) -> None:
+    server = wrap(tmp_path, rebind, *echo_server("--port", "5901"),
+                  options=("--unix-target", str(tmp_path / "s"), "--wrap-port", "5901"),
+                  wait_listening=False)
+    assert server.proc.wait(TIMEOUT) == 2
+    server.stop()
+    assert "with --unix-target the wrapped program listens on that unix socket" in server.log()
+
+
+def test_a_static_program_gets_one_clear_error_within_the_timeout(
+        tmp_path: Path, rebind: Path) -> None:
+    """LD_PRELOAD cannot reach a statically linked program: its port is not moved."""
+    static = build_static_echo(tmp_path)
+    port = free_port()
+    server = wrap(tmp_path, rebind, str(static), str(port), options=("--connect-timeout", "1"))
+    try:
+        server.wait_for_log("rebind.so cannot move it", timeout=1 + TIMEOUT)
+        errors = [line for line in server.log().splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors
+        assert f"'static_echo' listens on 0.0.0.0:{port}" in errors[0]
+        assert f"`websockify {server.port} 127.0.0.1:{port}`" in errors[0]
+        assert refused_with(server.port) == 1011
     finally:
         server.stop()
 
@@ -258,6 +335,7 @@ def test_the_wait_for_a_listener_is_bounded(tmp_path: Path, rebind: Path) -> Non
         assert refused_with(server.port) == 1011
         assert time.monotonic() - started < 1.0 + TIMEOUT / 5
         assert "did not listen within 1s" in server.log()
+        assert "has not listened within 1s; if it is statically linked" in server.log()
     finally:
         server.stop()
 
@@ -302,16 +380,14 @@ def test_the_users_ld_preload_is_kept_after_the_shim(tmp_path: Path, rebind: Pat
 # -- the pieces without processes ---------------------------------------------------
 
 def test_report_lines_are_parsed_and_partial_or_foreign_lines_skipped() -> None:
-    data = b"12 5901 127.0.0.1 40000\n13 5901 ::1 40001\ngarbage\n14 5901 10.0.0.1 1\n15 59"
-    assert launcher.parse_report(data) == [
-        launcher.Listener(12, 5901, "127.0.0.1", 40000),
-        launcher.Listener(13, 5901, "::1", 40001),
+    data = (b"12 tcp 5901 127.0.0.1 40000 77\n13 tcp 5901 ::1 40001 78\ngarbage\n"
+            b"14 tcp 5901 10.0.0.1 1 79\n15 unix /run/a b.sock\n16 unix relative\n"
+            b"17 tcp 59")
+    assert parse_report(data) == [
+        Listener(12, TcpAddress("127.0.0.1", 40000), 5901),
+        Listener(13, TcpAddress("::1", 40001), 5901),
+        Listener(15, UnixAddress("/run/a b.sock")),
     ]
-
-
-@pytest.mark.parametrize(("wait_status", "expected"), [(0, 0), (3 << 8, 3), (signal.SIGKILL, 137)])
-def test_exit_status_follows_the_shell_convention(wait_status: int, expected: int) -> None:
-    assert launcher.exit_status(wait_status) == expected
 
 
 def test_rebind_lookup_order(tmp_path: Path, rebind: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -316,17 +316,18 @@ def test_the_unix_target_is_reported_not_moved(rebind: Path, report: Path,
                                                tmp_path: Path) -> None:
     """With --unix-target; a relative path is resolved against the working directory."""
     path = tmp_path / "program.sock"
-    pid, other_port = run(f"""
+    tcp_port = free_port()
+    pid, tcp = run(f"""
 s = socket.socket(socket.AF_UNIX)
 s.bind("program.sock")
 s.listen(1)
 other = socket.socket()
-other.bind(("0.0.0.0", 0))
+other.bind(("0.0.0.0", {tcp_port}))
 other.listen(1)
-print(json.dumps([os.getpid(), other.getsockname()[0]]))
+print(json.dumps([os.getpid(), other.getsockname()[:2]]))
 """, rebind, report, port="", unix=str(path), cwd=tmp_path)
     assert path.is_socket()
-    assert other_port == "0.0.0.0"
+    assert tcp == ["0.0.0.0", tcp_port]
     assert report.read_text() == f"{pid} unix {path}\n"
 
 
