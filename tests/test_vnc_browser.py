@@ -4,7 +4,8 @@ Xtigervnc keeps its own port (5900+N); rebind.so moves it and websockify relays
 noVNC's WebSocket to it.  The X root window is painted with xsetroot and the
 colour is read back from noVNC's canvas: real framebuffer pixels through the
 whole path.  A second test runs TigerVNC's vncserver (which daemonizes) and checks
-by pid that its whole session is gone once websockify is stopped.
+by pid that its whole session is gone once websockify is stopped; a third opens a
+terminal in that session which starts a web server on a port of its own.
 
 `make test` installs every program these tests need (LAUNCHER_APT_PACKAGES and
 LAUNCHER_PIP_PACKAGES in mk/launcher.mk); they skip only when run without it.
@@ -16,15 +17,18 @@ import contextlib
 import importlib.util
 import os
 import shutil
+import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.launcher_support import build_rebind, descendants, exists, wait_until
+from tests.launcher_support import build_rebind, descendants, exists, free_port, wait_until
 from tests.support import TIMEOUT, Websockify, open_websocket, read_server_frame
 
 pytestmark = pytest.mark.slow
@@ -180,3 +184,49 @@ def test_vncserver_session_is_followed_and_stopped_by_pid(
     finally:
         assert server.stop() == 0
     assert [pid for pid in session if exists(pid)] == []
+
+
+def answers(url: str, body: bytes) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return bool(response.read() == body)
+    except OSError:
+        return False
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_a_server_started_from_a_terminal_in_the_desktop_keeps_its_port(
+        tmp_path: Path, rebind: Path) -> None:
+    """`python3 -m http.server 8000` typed into an xterm of the wrapped vncserver's
+    session listens on 8000, not on a port the shim picked; the desktop is relayed."""
+    need("vncserver", "Xtigervnc", "xterm")
+    display = free_display()
+    port = 8000 if port_is_free(8000) else free_port()
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "hello.txt").write_bytes(b"from the desktop\n")
+    xstartup = tmp_path / "xstartup"
+    xstartup.write_text(f"#!/bin/sh\ncd {served}\n"
+                        f"exec xterm -e {sys.executable} -m http.server {port}\n")
+    xstartup.chmod(0o755)
+    env = {"HOME": str(tmp_path), "USER": os.environ.get("USER", "root")}
+    server = Websockify(
+        ["--rebind", str(rebind), "127.0.0.1:0", "--", "vncserver", f":{display}",
+         "-SecurityTypes", "None", "--I-KNOW-THIS-IS-INSECURE", "-localhost", "yes",
+         "-geometry", "320x240", "-xstartup", str(xstartup)],
+        tmp_path / "websockify.log", env=env)
+    try:
+        wait_until(lambda: answers(f"http://127.0.0.1:{port}/hello.txt", b"from the desktop\n"),
+                   f"the terminal's web server on port {port}", timeout=2 * TIMEOUT)
+        sock, head = open_websocket(server.port)
+        with sock:
+            assert b" 101 " in head.split(b"\r\n", 1)[0], head
+            assert read_server_frame(sock)[2].startswith(b"RFB 003.0")
+        moved = [line for line in server.log().splitlines() if "listens on port" in line]
+        assert moved and all(f"port {5900 + display}," in line for line in moved), moved
+    finally:
+        assert server.stop() == 0

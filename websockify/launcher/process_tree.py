@@ -33,6 +33,7 @@ import gevent.select
 import gevent.subprocess
 
 from websockify.errors import LauncherError
+from websockify.launcher.wrap_policy import exit_status
 
 logger = logging.getLogger("websockify.launcher")
 
@@ -113,6 +114,9 @@ class ProcessTree:
     def _on_child(self, watcher: Any) -> None:
         """Every child reaped by gevent's loop (orphans of the program included)."""
         self.reaped[watcher.rpid] = watcher.rstatus
+        if self.root is not None and watcher.rpid == self.root.pid:
+            logger.info("wrapped command (pid %d) exited with status %d",
+                        watcher.rpid, exit_status(watcher.rstatus))
         if watcher.rstatus:
             self.last_failure = watcher.rstatus
         self._changed.set()
