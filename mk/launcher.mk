@@ -5,9 +5,11 @@ _launcher_default_goal := $(.DEFAULT_GOAL)
 
 # tigervnc-standalone-server: Xtigervnc and vncserver; xauth: vncserver's cookie;
 # x11-xserver-utils: xsetroot; novnc: the browser client (Debian's, with vnc.html);
-# chromium + chromium-driver: the headless browser of tests/test_vnc_browser.py.
+# chromium + chromium-driver: the headless browser of tests/test_vnc_browser.py;
+# xterm: the terminal in the wrapped desktop that starts a server of its own.
+# (The static test server of tests/test_launcher.py links libc.a from libc6-dev.)
 LAUNCHER_APT_PACKAGES := tigervnc-standalone-server tigervnc-tools xauth \
-	x11-xserver-utils novnc chromium chromium-driver python3-venv
+	x11-xserver-utils xterm novnc chromium chromium-driver python3-venv
 LAUNCHER_PIP_PACKAGES := selenium
 # What `make demo` needs on a fresh machine: a compiler, a venv, a VNC server with
 # a terminal in its session, and noVNC.
