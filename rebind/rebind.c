@@ -109,6 +109,9 @@ struct state {
 /* Sockets bound to a port that may be the program's, keyed by inode (so every
  * copy of the descriptor finds them); the oldest entry is overwritten. */
 static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
+/* Held while this process has the report file open: a fork() waits for it, so no
+ * child inherits a descriptor of the file with the flock() still on it. */
+static pthread_mutex_t report_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pending {
     dev_t dev;
     ino_t ino;
@@ -117,6 +120,18 @@ static struct pending {
 } pending[PENDING_BINDS];
 static size_t pending_next;
 static int pending_used;
+
+static void before_fork(void)
+{
+    pthread_mutex_lock(&report_lock);
+    pthread_mutex_lock(&pending_lock);
+}
+
+static void after_fork(void)
+{
+    pthread_mutex_unlock(&pending_lock);
+    pthread_mutex_unlock(&report_lock);
+}
 
 static void init(void)
 {
@@ -132,6 +147,7 @@ static void init(void)
      * shim itself again, and calling that would recurse forever. */
     if (real_bind == bind || real_listen == listen || real_connect == connect)
         real_bind = NULL, real_listen = NULL, real_connect = NULL;
+    pthread_atfork(before_fork, after_fork, after_fork);
     report_path = getenv("WEBSOCKIFY_REBIND_REPORT");
     if (report_path != NULL && report_path[0] == '\0')
         report_path = NULL;
@@ -193,23 +209,31 @@ static int port_is_wanted(unsigned short port)
 
 /* --- the report file: shared state of the whole tree -------------------------- */
 
-/* The report file locked with `how` (LOCK_SH/LOCK_EX), or -1 when there is none. */
+/* The report file locked with `how` (LOCK_SH/LOCK_EX), or -1 when there is none.
+ * Every descriptor it returns goes back through close_report(). */
 static int open_report(int how)
 {
     int fd;
 
     if (report_path == NULL)
         return -1;
+    pthread_mutex_lock(&report_lock);
     fd = open(report_path, O_RDWR | O_APPEND | O_CLOEXEC);
-    if (fd < 0)
-        return -1;
-    while (flock(fd, how) != 0) {
+    while (fd >= 0 && flock(fd, how) != 0) {
         if (errno != EINTR) {
             close(fd);
-            return -1;
+            fd = -1;
         }
     }
+    if (fd < 0)
+        pthread_mutex_unlock(&report_lock);
     return fd;
+}
+
+static void close_report(int fd)
+{
+    close(fd);
+    pthread_mutex_unlock(&report_lock);
 }
 
 static void read_state(int fd, struct state *state)
@@ -479,7 +503,7 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         return real_bind(fd, addr, len);
     }
     read_state(report, &state);
-    close(report);
+    close_report(report);
     first = chosen(&state);
     if (first != NULL && port == first->original && port_taken(&state, port, addr->sa_family)) {
         DEBUG("pid %d: port %u is the program's: in use\n", (int)getpid(), port);
@@ -539,7 +563,7 @@ static int listen_unix(int fd, int backlog)
             append_line(report, line,
                         snprintf(line, sizeof(line), "%ld unix %s\n", (long)getpid(), path));
         }
-        close(report);
+        close_report(report);
     }
     errno = saved_errno;
     return 0;
@@ -573,7 +597,7 @@ int listen(int fd, int backlog)
     read_state(report, &state);
     if (getsockname(fd, (struct sockaddr *)&local, &len) != 0 ||
         !may_move(&state, bound.original, local.ss_family)) {
-        close(report);
+        close_report(report);
         if (bound.moved) {
             /* Moved at bind() for a listener that is not the program's after
              * all: that bind() would have failed. */
@@ -589,7 +613,7 @@ int listen(int fd, int backlog)
         result = swap_to_loopback(fd, local.ss_family, backlog);
     if (result == 0)
         report_tcp(report, fd, bound.original);
-    close(report);
+    close_report(report);
     if (result == 0)
         errno = saved_errno;
     return result;

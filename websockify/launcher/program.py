@@ -325,6 +325,7 @@ class WrappedProgram:
         host, port = found[0]
         reach = TcpAddress({"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port)
         logger.error(
-            "wrapped program %r listens on %s where rebind.so cannot move it (statically "
-            "linked, Go and io_uring programs bypass LD_PRELOAD): run it on its own and use "
-            "`websockify %s %s` instead", name, TcpAddress(host, port), own, reach)
+            "wrapped program %r listens on %s, but rebind.so could not move it (statically "
+            "linked, Go and io_uring programs bypass LD_PRELOAD; a listener bound to port 0 "
+            "is never moved): run it on its own and use `websockify %s %s` instead",
+            name, TcpAddress(host, port), own, reach)
