@@ -274,12 +274,13 @@ class WrappedProgram:
             self._take_reports()
             if self._target is not None:
                 return self._target
-            # Walk the tree only when a child was reaped: it cannot shrink otherwise.
-            if len(self._tree.reaped) != reaped_seen:
+            command_status = self._tree.reaped.get(self._root_pid)
+            # Walk the tree only once the command has exited (the tree is there
+            # while it runs), and then only when a child was reaped.
+            if command_status is not None and len(self._tree.reaped) != reaped_seen:
                 reaped_seen = len(self._tree.reaped)
                 tree_left = bool(self._tree.members())
-            ended = status_before_listening(self._tree.reaped.get(self._root_pid), tree_left,
-                                            self._tree.last_failure)
+            ended = status_before_listening(command_status, tree_left, self._tree.last_failure)
             if ended is not None:
                 return ended
             now = time.monotonic()
