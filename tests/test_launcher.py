@@ -8,6 +8,7 @@ Ports the shim does not move are free ports, so they never collide.
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import socket
@@ -284,7 +285,7 @@ def test_respawn_backs_off_when_the_program_dies_quickly_again_and_again(
         wait_until(lambda: starts.exists() and len(starts.read_text().split()) >= 4,
                    "four starts")
         times = [float(line) for line in starts.read_text().split()]
-        gaps = [later - earlier for earlier, later in zip(times, times[1:])]
+        gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
         assert gaps[1] >= 0.5 and gaps[2] >= 1.0, gaps
         assert server.proc.poll() is None
     finally:
