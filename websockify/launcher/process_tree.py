@@ -161,12 +161,6 @@ class ProcessTree:
         stat = _proc_stat(pid)
         return stat[0] if stat is not None and stat[0] != os.getpid() else None
 
-    # -- waiting -------------------------------------------------------------------
-
-    def watch_exit(self, pid: int) -> ProcessWatch:
-        """A handle that waits for ``pid`` (a member of the tree) to end."""
-        return ProcessWatch(pid)
-
     # -- stopping ------------------------------------------------------------------
 
     def stop(self, grace: float) -> None:
