@@ -106,12 +106,13 @@ struct state {
     struct entry entries[MAX_ENTRIES];
 };
 
-/* Sockets bound to a port that may be the program's, keyed by inode (so every
- * copy of the descriptor finds them); the oldest entry is overwritten. */
-static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
 /* Held while this process has the report file open: a fork() waits for it, so no
  * child inherits a descriptor of the file with the flock() still on it. */
 static pthread_mutex_t report_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/* Sockets bound to a port that may be the program's, keyed by inode (so every
+ * copy of the descriptor finds them); the oldest entry is overwritten. */
+static pthread_mutex_t pending_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct pending {
     dev_t dev;
     ino_t ino;
