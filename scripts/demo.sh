@@ -1,7 +1,7 @@
 #!/bin/sh
 # `make demo`: a TigerVNC desktop (an xterm) in the browser, through websockify's
 # launcher.  vncserver daemonizes and keeps its own port 590N; rebind.so moves that
-# listener to a loopback port and websockify follows it.  Ctrl-C stops everything.
+# one listener to a loopback port and websockify follows it.  Ctrl-C stops everything.
 set -eu
 
 port=${DEMO_PORT:-6080}
@@ -25,6 +25,7 @@ done
 echo
 echo "  Open http://localhost:$port/vnc.html?autoconnect=1&resize=remote"
 echo "  (VNC display :$display, no password; Ctrl-C here stops it all)"
+echo "  A server started in the desktop's xterm listens on the port it asks for."
 echo
 exec "$python" -m websockify --web "$novnc" "$listen:$port" -- \
     vncserver ":$display" -SecurityTypes None --I-KNOW-THIS-IS-INSECURE \

@@ -2,9 +2,10 @@
 source, the wrapped test programs, a WebSocket echo round trip, and process
 checks by pid.
 
-The wrapped programs bind fixed ports such as 5901 on purpose: rebind.so moves
-those binds to free loopback ports, so a fixed port never collides with anything,
-not even with a port in use.
+The wrapped program's own listener binds a fixed port such as 5901 on purpose:
+rebind.so moves it to a free loopback port (at bind() already when 5901 is in
+use), so it never collides with anything.  Every other port a test program
+binds is really bound, so it is a free port (``free_port()``).
 """
 
 from __future__ import annotations
