@@ -286,6 +286,34 @@ print(json.dumps(found))
                                         str(where[str(moved[0])][1])]]
 
 
+def test_many_processes_listening_at_once_move_exactly_one(
+        rebind: Path, report: Path) -> None:
+    """Forked workers released together: the report file's lock picks one."""
+    ports = [free_port() for _ in range(8)]
+    where = run(f"""
+go_read, go_write = os.pipe()
+results_read, results_write = os.pipe()
+for port in {ports}:
+    if os.fork() == 0:
+        s = socket.socket()
+        os.read(go_read, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(1)
+        os.write(results_write, json.dumps([port, s.getsockname()[0]]).encode() + b"\\n")
+        os._exit(0)
+os.write(go_write, b"x" * {len(ports)})
+for _ in {ports}:
+    os.wait()
+os.close(results_write)
+lines = os.fdopen(results_read).read().splitlines()
+print(json.dumps(dict(json.loads(line) for line in lines)))
+""", rebind, report)
+    moved = [port for port, host in where.items() if host == "127.0.0.1"]
+    assert len(where) == len(ports)
+    assert len(moved) == 1
+    assert [line[2] for line in report_lines(report)] == moved
+
+
 def test_socket_options_and_flags_survive_the_move(rebind: Path, report: Path) -> None:
     wanted = free_port()
     seen = run(f"""
