@@ -10,7 +10,9 @@ binds is really bound, so it is a free port (``free_port()``).
 
 from __future__ import annotations
 
+import errno
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -128,9 +130,33 @@ def zombies_of(pid: int) -> list[int]:
     return found
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nothing listens on now, for tests that must name websockify's port
-    before starting it (upstream's form); the kernel hands out ephemeral ports in turn."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A port nothing is bound to now, for a test that must name it before its
+    program binds it (upstream's form, servers that keep their port).
+
+    It lies below the kernel's ephemeral range, so no bind to port 0 and no
+    outgoing connection on this machine (the shim's moved listeners included)
+    takes it in the meantime; and it is never handed out twice.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(1000):
+        port = random.randrange(10000, max(10001, low))
+        if port not in _handed_out and _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def _bindable(port: int) -> bool:
+    for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+        with socket.socket(family) as probe:
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    continue  # no IPv6 here
+                return False
+    return True
