@@ -206,11 +206,18 @@ def test_a_daemonized_server_is_followed_and_reaped(tmp_path: Path, rebind: Path
         server.stop()
 
 
-@pytest.mark.parametrize("daemonize", [False, True], ids=["direct", "daemonized"])
+def behind_a_shell(command: list[str]) -> list[str]:
+    """``command`` as a child of sh, which waits for it and exits with its status."""
+    return ["sh", "-c", '"$@"; exit $?', "sh", *command]
+
+
+@pytest.mark.parametrize("how", ["direct", "daemonized", "behind a shell"])
 def test_exit_mode_exits_with_the_status_of_the_server(
-        tmp_path: Path, rebind: Path, daemonize: bool) -> None:
+        tmp_path: Path, rebind: Path, how: str) -> None:
     command = echo_server("--port", "5901")
-    server = wrap(tmp_path, rebind, *(daemonized(command) if daemonize else command))
+    wrapped = {"direct": command, "daemonized": daemonized(command),
+               "behind a shell": behind_a_shell(command)}[how]
+    server = wrap(tmp_path, rebind, *wrapped)
     try:
         ws_send(server.port, b"EXIT 3")
         assert server.proc.wait(TIMEOUT) == 3

@@ -12,6 +12,7 @@ from websockify.launcher.wrap_policy import (
     Decision,
     decide,
     exit_status,
+    reaper_of,
     server_status,
     status_before_listening,
 )
@@ -58,6 +59,25 @@ def test_the_back_off_can_be_tuned() -> None:
 ])
 def test_exit_status_follows_the_shell_convention(wait_status: int, expected: int) -> None:
     assert exit_status(wait_status) == expected
+
+
+WEBSOCKIFY = 1
+
+
+@pytest.mark.parametrize(("parent_now", "parent_when_listening", "reaped_by_us", "expected"), [
+    # still a zombie: whoever is its parent now reaps it
+    (20, 20, False, 20),
+    (WEBSOCKIFY, 20, False, None),  # its parent died first: it became ours
+    (WEBSOCKIFY, WEBSOCKIFY, False, None),
+    # gone: reaped by us, or else by the parent it had
+    (None, 20, True, None),
+    (None, WEBSOCKIFY, False, None),
+    (None, 20, False, 20),
+    (None, None, False, None),
+])
+def test_who_reaps_the_server(parent_now: int | None, parent_when_listening: int | None,
+                              reaped_by_us: bool, expected: int | None) -> None:
+    assert reaper_of(parent_now, parent_when_listening, WEBSOCKIFY, reaped_by_us) == expected
 
 
 @pytest.mark.parametrize(("reaper", "reaped", "expected"), [

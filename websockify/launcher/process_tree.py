@@ -157,9 +157,9 @@ class ProcessTree:
 
     @staticmethod
     def parent_of(pid: int) -> int | None:
-        """The parent of ``pid`` unless that is websockify (or ``pid`` is gone)."""
+        """The parent of ``pid`` (a zombie has one until reaped); None once it is gone."""
         stat = _proc_stat(pid)
-        return stat[0] if stat is not None and stat[0] != os.getpid() else None
+        return stat[0] if stat is not None else None
 
     # -- stopping ------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from websockify.launcher.wrap_policy import (
     UNKNOWN_STATUS,
     Action,
     decide,
+    reaper_of,
     server_status,
     status_before_listening,
 )
@@ -235,7 +236,7 @@ class WrappedProgram:
         watch = ProcessWatch(server.pid)
         try:
             # The report names a pid: it is the server only while it is in our tree.
-            reaper = self._tree.parent_of(server.pid)
+            parent_when_listening = self._tree.parent_of(server.pid)
             if server.pid not in self._tree.members():
                 logger.warning("wrapped program: pid %d ended before it was followed",
                                server.pid)
@@ -243,9 +244,8 @@ class WrappedProgram:
                 watch.wait()
         finally:
             watch.close()
-        # A parent that ended before the server cannot have reaped it.
-        if reaper is not None and reaper in self._tree.reaped:
-            reaper = None
+        reaper = reaper_of(self._tree.parent_of(server.pid), parent_when_listening,
+                           os.getpid(), server.pid in self._tree.reaped)
         return self._server_status(server.pid, reaper)
 
     def _server_status(self, server: int, reaper: int | None) -> int:

@@ -79,12 +79,28 @@ def exit_status(wait_status: int) -> int:
     return os.WEXITSTATUS(wait_status)
 
 
+def reaper_of(parent_now: int | None, parent_when_listening: int | None, websockify: int,
+              reaped_by_websockify: bool) -> int | None:
+    """Which process reaps the server that just ended; None for websockify itself.
+
+    ``parent_now``: the ended server's parent as /proc shows it (None once it is
+    reaped and gone).  While it is a zombie, that parent reaps it.  Once gone, it
+    was reaped by websockify, or else by the parent it had when it listened (had
+    that parent died first, the server would have become websockify's).
+    """
+    if parent_now is not None:
+        return None if parent_now == websockify else parent_now
+    if reaped_by_websockify or parent_when_listening == websockify:
+        return None
+    return parent_when_listening
+
+
 def server_status(server: int, reaper: int | None, reaped: Mapping[int, int]) -> int | None:
     """The exit status of the serving process, or None while it is not known yet.
 
     ``reaped`` maps the pids websockify reaped to their wait statuses.  ``reaper``
-    is the server's parent in the tree if that parent was still running when the
-    server ended (so it reaped the server), else None.
+    (see ``reaper_of``) reaped the server and, when it ends too, usually passes
+    its status on.
     """
     for pid in (server, reaper):
         if pid is not None and pid in reaped:
