@@ -102,15 +102,16 @@ print(json.dumps([os.getpid(), os.fstat(s.fileno()).st_ino, bound, s.getsockname
 def test_a_busy_port_moves_at_bind_and_is_reported_at_listen(
         rebind: Path, report: Path, busy_port: int) -> None:
     """As in upstream's form, where websockify itself listens on the program's port."""
-    bound, listening = run(f"""
+    bound, reported_before_listen, listening = run(f"""
 s = socket.socket()
 s.bind(("0.0.0.0", {busy_port}))
 bound = s.getsockname()[0]
-empty = open({str(report)!r}).read() == ""
+before = open({str(report)!r}).read()
 s.listen(1)
-print(json.dumps([bound, s.getsockname()[:2]]))
+print(json.dumps([bound, before, s.getsockname()[:2]]))
 """, rebind, report)
     assert bound == "127.0.0.1"
+    assert reported_before_listen == ""
     assert listener_fields(report) == [[str(busy_port), "127.0.0.1", str(listening[1])]]
 
 
