@@ -89,7 +89,7 @@ static connect_fn real_connect;
 static const char *report_path;
 static int any_port;
 static unsigned short wanted_port;
-static char unix_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
+static char unix_path[PATH_MAX]; /* absolute: may be longer than a sun_path */
 
 /* One line of the report file. */
 struct entry {

@@ -343,8 +343,12 @@ print(json.dumps({{
 
 def test_the_unix_target_is_reported_not_moved(rebind: Path, report: Path,
                                                tmp_path: Path) -> None:
-    """With --unix-target; a relative path is resolved against the working directory."""
-    path = tmp_path / "program.sock"
+    """With --unix-target; a relative path is resolved against the working directory,
+    whose absolute name may be longer than a socket address can hold."""
+    directory = tmp_path / ("d" * 100)
+    directory.mkdir()
+    path = directory / "program.sock"
+    assert len(str(path)) > 108
     tcp_port = free_port()
     pid, tcp = run(f"""
 s = socket.socket(socket.AF_UNIX)
@@ -354,7 +358,7 @@ other = socket.socket()
 other.bind(("0.0.0.0", {tcp_port}))
 other.listen(1)
 print(json.dumps([os.getpid(), other.getsockname()[:2]]))
-""", rebind, report, port="", unix=str(path), cwd=tmp_path)
+""", rebind, report, port="", unix=str(path), cwd=directory)
     assert path.is_socket()
     assert tcp == ["0.0.0.0", tcp_port]
     assert report.read_text() == f"{pid} unix {path}\n"
