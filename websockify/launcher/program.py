@@ -310,9 +310,9 @@ class WrappedProgram:
         own = self._listen_port or "PORT"
         if self.unix_target is not None:
             logger.error(
-                "wrapped program %r has not listened on unix:%s within %gs; a statically "
-                "linked or Go program is out of rebind.so's reach: run it on its own and "
-                "use `websockify --unix-target=%s %s`", name, self.unix_target,
+                "wrapped program %r has not listened on unix:%s within %gs; if it is "
+                "statically linked or written in Go, rebind.so cannot see it: run it on its "
+                "own and use `websockify --unix-target=%s %s`", name, self.unix_target,
                 self._listen_timeout, self.unix_target, own)
             return
         found = [(host, port) for host, port in tcp_listeners(self._tree.members())
