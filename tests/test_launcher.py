@@ -361,6 +361,18 @@ def test_the_wait_for_a_listener_is_bounded(tmp_path: Path, rebind: Path) -> Non
         server.stop()
 
 
+def test_a_unix_target_that_never_listens_is_explained(tmp_path: Path, rebind: Path) -> None:
+    path = tmp_path / "never.sock"
+    server = wrap(tmp_path, rebind, sys.executable, "-c", "import time; time.sleep(600)",
+                  options=("--unix-target", str(path), "--connect-timeout", "1"))
+    try:
+        server.wait_for_log(f"has not listened on unix:{path} within 1s", timeout=1 + TIMEOUT)
+        assert f"`websockify --unix-target={path} {server.port}`" in server.log()
+        assert refused_with(server.port) == 1011
+    finally:
+        server.stop()
+
+
 def test_a_missing_rebind_so_is_a_clear_error(tmp_path: Path) -> None:
     server = wrap(tmp_path, tmp_path / "nowhere" / "rebind.so", *echo_server("--port", "5901"),
                   wait_listening=False)
