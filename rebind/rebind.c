@@ -36,7 +36,9 @@
  * binds to the original port fail with EADDRINUSE while that socket still
  * listens (checked by inode in /proc/net/tcp{,6}, so a reused pid cannot fake
  * it): wrappers that probe "is my server up?" by binding its port, as TigerVNC's
- * vncserver does, see the server they started.
+ * vncserver does, see the server they started.  A further SO_REUSEPORT socket of
+ * the same process joins the moved one on its loopback port instead, as the
+ * kernel would have let it share the original port.
  *
  * Everything else - other ports, UDP, unix sockets, port 0 - goes straight to
  * the real call.  The caller's errno changes only when a call fails.  The real
@@ -396,7 +398,8 @@ static int pending_take(int fd, struct pending *out)
     return found;
 }
 
-static int bind_loopback(int fd, int family)
+/* Bind to 127.0.0.1:port or [::1]:port (0: the kernel picks a free one). */
+static int bind_loopback(int fd, int family, unsigned short port)
 {
     struct sockaddr_in v4;
     struct sockaddr_in6 v6;
@@ -405,11 +408,13 @@ static int bind_loopback(int fd, int family)
         memset(&v6, 0, sizeof(v6));
         v6.sin6_family = AF_INET6;
         v6.sin6_addr = in6addr_loopback;
+        v6.sin6_port = htons(port);
         return real_bind(fd, (const struct sockaddr *)&v6, sizeof(v6));
     }
     memset(&v4, 0, sizeof(v4));
     v4.sin_family = AF_INET;
     v4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    v4.sin_port = htons(port);
     return real_bind(fd, (const struct sockaddr *)&v4, sizeof(v4));
 }
 
@@ -473,7 +478,7 @@ static int swap_to_loopback(int fd, int family, int backlog)
     fd_flags = fcntl(fd, F_GETFD);
     if (status_flags >= 0 && (status_flags & O_NONBLOCK))
         fcntl(fresh, F_SETFL, fcntl(fresh, F_GETFL) | O_NONBLOCK);
-    if (bind_loopback(fresh, family) != 0 || real_listen(fresh, backlog) != 0 ||
+    if (bind_loopback(fresh, family, 0) != 0 || real_listen(fresh, backlog) != 0 ||
         dup3(fresh, fd, fd_flags >= 0 && (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
         failure = errno;
         close(fresh);
@@ -482,6 +487,42 @@ static int swap_to_loopback(int fd, int family, int backlog)
     }
     close(fresh);
     return 0;
+}
+
+/* --- several SO_REUSEPORT sockets on the program's port --------------------------- */
+
+/* The live report line of this process in `family` that a bind of `fd` to the
+ * program's port joins, as the kernel lets SO_REUSEPORT sockets share a port. */
+static const struct entry *reuseport_group(const struct state *state, int fd,
+                                           unsigned short original, int family)
+{
+    int reuse = 0;
+    socklen_t len = sizeof(reuse);
+    size_t i;
+
+    if (getsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &reuse, &len) != 0 || !reuse)
+        return NULL;
+    for (i = 0; i < state->count; i++) {
+        const struct entry *e = &state->entries[i];
+        if (!e->is_unix && e->original == original && e->family == family &&
+            e->pid == (long)getpid() && still_listening(e))
+            return e;
+    }
+    return NULL;
+}
+
+/* Bind `fd` next to the moved listener, on its loopback port: the kernel shares
+ * new connections among them as it would have on the original port. */
+static int join_group(int fd, const struct entry *group, int saved_errno)
+{
+    int result = bind_loopback(fd, group->family, group->port);
+
+    if (result == 0) {
+        DEBUG("pid %d: joins port %u on loopback port %u\n", (int)getpid(), group->original,
+              group->port);
+        errno = saved_errno;
+    }
+    return result;
 }
 
 /* --- the interposed calls ------------------------------------------------------ */
@@ -507,6 +548,9 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
     close_report(report);
     first = chosen(&state);
     if (first != NULL && port == first->original && port_taken(&state, port, addr->sa_family)) {
+        const struct entry *group = reuseport_group(&state, fd, port, addr->sa_family);
+        if (group != NULL)
+            return join_group(fd, group, saved_errno);
         DEBUG("pid %d: port %u is the program's: in use\n", (int)getpid(), port);
         errno = EADDRINUSE;
         return -1;
@@ -524,7 +568,7 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         return result;
     /* The port is busy (websockify's own, or another program's): were this the
      * program's listener, it could not have it anyway, so it moves now. */
-    if (bind_loopback(fd, addr->sa_family) != 0) {
+    if (bind_loopback(fd, addr->sa_family, 0) != 0) {
         errno = EADDRINUSE;
         return -1;
     }

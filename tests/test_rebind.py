@@ -175,6 +175,26 @@ print(json.dumps([v4.getsockname()[1], v6.getsockname()[1]]))
                                        [str(wanted), "::1", str(ports[1])]]
 
 
+def test_reuseport_sockets_on_the_program_port_share_its_loopback_port(
+        rebind: Path, report: Path) -> None:
+    """As nginx's `reuseport`: each further socket joins the moved one's group."""
+    wanted = free_port()
+    ports = run(f"""
+socks = []
+for _ in range(3):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    s.bind(("0.0.0.0", {wanted}))
+    s.listen(1)
+    socks.append(s)
+print(json.dumps([s.getsockname()[:2] for s in socks]))
+""", rebind, report)
+    host, port = ports[0]
+    assert host == "127.0.0.1" and port != wanted
+    assert ports == [[host, port]] * 3
+    assert listener_fields(report) == [[str(wanted), host, str(port)]]
+
+
 def test_a_client_bound_to_a_port_is_not_moved_and_connects(
         rebind: Path, report: Path, busy_port: int) -> None:
     for wanted in ("*", "the source port"):
