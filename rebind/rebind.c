@@ -643,6 +643,7 @@ int listen(int fd, int backlog)
     if (getsockname(fd, (struct sockaddr *)&local, &len) != 0 ||
         !may_move(&state, bound.original, local.ss_family)) {
         close_report(report);
+        DEBUG("pid %d: port %u is not the program's listener\n", (int)getpid(), bound.original);
         if (bound.moved) {
             /* Moved at bind() for a listener that is not the program's after
              * all: that bind() would have failed. */
