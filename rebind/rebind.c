@@ -6,9 +6,14 @@
  *
  *   WEBSOCKIFY_REBIND_REPORT  a file websockify created empty: the shim's shared
  *                             state and the report websockify reads.  Without
- *                             it (or once it is gone) the shim does nothing.
- *   WEBSOCKIFY_REBIND_PORT    "*": the first TCP listener on a non-zero port is
+ *                             it (or once it is gone) the shim does nothing,
+ *                             unless WEBSOCKIFY_REBIND_TO is set.
+ *   WEBSOCKIFY_REBIND_PORTS   "*": the first TCP listener on a non-zero port is
  *                             the program's; a number: the listener on that port.
+ *   WEBSOCKIFY_REBIND_TO      the loopback port to move to instead of a free one
+ *                             (the `rebind OLD_PORT NEW_PORT COMMAND` command);
+ *                             without a report file, every listener on the
+ *                             wanted port moves there and nothing is shared.
  *   WEBSOCKIFY_REBIND_UNIX    with --unix-target: the unix socket path whose
  *                             listener is reported ("<pid> unix <path>"),
  *                             never moved.
@@ -91,6 +96,8 @@ static connect_fn real_connect;
 static const char *report_path;
 static int any_port;
 static unsigned short wanted_port;
+/* Where moved listeners go on loopback (host order); 0: a port the kernel picks. */
+static unsigned short moved_to;
 static char unix_path[PATH_MAX]; /* absolute: may be longer than a sun_path */
 
 /* One line of the report file. */
@@ -138,7 +145,8 @@ static void after_fork(void)
 
 static void init(void)
 {
-    const char *spec = getenv("WEBSOCKIFY_REBIND_PORT");
+    const char *spec = getenv("WEBSOCKIFY_REBIND_PORTS");
+    const char *to = getenv("WEBSOCKIFY_REBIND_TO");
     const char *unix_spec = getenv("WEBSOCKIFY_REBIND_UNIX");
 
     resolving = 1;
@@ -162,9 +170,15 @@ static void init(void)
         if (*end == '\0' && port > 0 && port < 65536)
             wanted_port = (unsigned short)port;
     }
+    if (to != NULL && to[0] != '\0') {
+        char *end;
+        unsigned long port = strtoul(to, &end, 10);
+        if (*end == '\0' && port > 0 && port < 65536)
+            moved_to = (unsigned short)port;
+    }
     if (unix_spec != NULL && unix_spec[0] == '/' && strlen(unix_spec) < sizeof(unix_path))
         strcpy(unix_path, unix_spec);
-    DEBUG("port=%s unix=%s report=%s\n", spec ? spec : "(none)", unix_path,
+    DEBUG("ports=%s to=%u unix=%s report=%s\n", spec ? spec : "(none)", moved_to, unix_path,
           report_path ? report_path : "(none)");
 }
 
@@ -233,8 +247,13 @@ static int open_report(int how)
     return fd;
 }
 
+/* load_state() for the `rebind` command: no report file, nothing shared. */
+#define STATELESS (-2)
+
 static void close_report(int fd)
 {
+    if (fd < 0)
+        return;
     close(fd);
     pthread_mutex_unlock(&report_lock);
 }
@@ -267,6 +286,22 @@ static void read_state(int fd, struct state *state)
         }
         state->count++;
     }
+}
+
+/* The tree's state, read under flock() `how`.  Returns the report's descriptor
+ * (for close_report), STATELESS for the `rebind` command, or -1 when the shim has
+ * nothing to do. */
+static int load_state(int how, struct state *state)
+{
+    int report;
+
+    state->count = 0;
+    if (report_path == NULL)
+        return moved_to != 0 ? STATELESS : -1;
+    report = open_report(how);
+    if (report >= 0)
+        read_state(report, state);
+    return report;
 }
 
 /* Whether a socket with this inode listens on this loopback port right now. */
@@ -465,7 +500,8 @@ static void copy_options(int from, int to)
     }
 }
 
-/* Put a socket listening on loopback port 0 in place of `fd`; -1 and errno if not. */
+/* Put a socket listening on loopback (port moved_to) in place of `fd`; -1 and errno
+ * if it cannot be done. */
 static int swap_to_loopback(int fd, int family, int backlog)
 {
     int fresh, status_flags, fd_flags, failure;
@@ -478,7 +514,7 @@ static int swap_to_loopback(int fd, int family, int backlog)
     fd_flags = fcntl(fd, F_GETFD);
     if (status_flags >= 0 && (status_flags & O_NONBLOCK))
         fcntl(fresh, F_SETFL, fcntl(fresh, F_GETFL) | O_NONBLOCK);
-    if (bind_loopback(fresh, family, 0) != 0 || real_listen(fresh, backlog) != 0 ||
+    if (bind_loopback(fresh, family, moved_to) != 0 || real_listen(fresh, backlog) != 0 ||
         dup3(fresh, fd, fd_flags >= 0 && (fd_flags & FD_CLOEXEC) ? O_CLOEXEC : 0) < 0) {
         failure = errno;
         close(fresh);
@@ -540,11 +576,10 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         return -1;
     }
     port = inet_port(addr, len);
-    if (!port_is_wanted(port) || !is_tcp(fd) || (report = open_report(LOCK_SH)) < 0) {
+    if (!port_is_wanted(port) || !is_tcp(fd) || (report = load_state(LOCK_SH, &state)) == -1) {
         errno = saved_errno;
         return real_bind(fd, addr, len);
     }
-    read_state(report, &state);
     close_report(report);
     first = chosen(&state);
     if (first != NULL && port == first->original && port_taken(&state, port, addr->sa_family)) {
@@ -568,7 +603,7 @@ int bind(int fd, const struct sockaddr *addr, socklen_t len)
         return result;
     /* The port is busy (websockify's own, or another program's): were this the
      * program's listener, it could not have it anyway, so it moves now. */
-    if (bind_loopback(fd, addr->sa_family, 0) != 0) {
+    if (bind_loopback(fd, addr->sa_family, moved_to) != 0) {
         errno = EADDRINUSE;
         return -1;
     }
@@ -634,12 +669,11 @@ int listen(int fd, int backlog)
     }
     /* Only a socket bound to a wanted port can be the program's listener: not
      * one bound to port 0, nor one listen() binds to an ephemeral port. */
-    if (!pending_take(fd, &bound) || (report = open_report(LOCK_EX)) < 0) {
+    if (!pending_take(fd, &bound) || (report = load_state(LOCK_EX, &state)) == -1) {
         errno = saved_errno;
         return real_listen(fd, backlog);
     }
     len = sizeof(local);
-    read_state(report, &state);
     if (getsockname(fd, (struct sockaddr *)&local, &len) != 0 ||
         !may_move(&state, bound.original, local.ss_family)) {
         close_report(report);
@@ -657,7 +691,7 @@ int listen(int fd, int backlog)
         result = real_listen(fd, backlog);
     else
         result = swap_to_loopback(fd, local.ss_family, backlog);
-    if (result == 0)
+    if (result == 0 && report >= 0)
         report_tcp(report, fd, bound.original);
     close_report(report);
     if (result == 0)

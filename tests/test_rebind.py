@@ -45,9 +45,10 @@ def busy_port() -> Iterator[int]:
 
 def preloaded_env(rebind: Path, report: Path | None, port: str = "*",
                   unix: str = "") -> dict[str, str]:
-    env = dict(os.environ, LD_PRELOAD=str(rebind), WEBSOCKIFY_REBIND_PORT=port,
+    env = dict(os.environ, LD_PRELOAD=str(rebind), WEBSOCKIFY_REBIND_PORTS=port,
                WEBSOCKIFY_REBIND_UNIX=unix)
     env.pop("WEBSOCKIFY_REBIND_REPORT", None)
+    env.pop("WEBSOCKIFY_REBIND_TO", None)
     if report is not None:
         env["WEBSOCKIFY_REBIND_REPORT"] = str(report)
     return env
@@ -519,6 +520,31 @@ print(json.dumps(s.getsockname()[0]))
     assert run(code, rebind, None) == "0.0.0.0"
     assert run(code, rebind, tmp_path / "removed") == "0.0.0.0"
     assert not (tmp_path / "removed").exists()
+
+
+def test_a_fixed_loopback_port_without_a_report_as_the_rebind_command_asks(
+        rebind: Path) -> None:
+    """`rebind OLD_PORT NEW_PORT COMMAND`: the listener on OLD_PORT listens on
+    127.0.0.1:NEW_PORT; a client bound to OLD_PORT and other listeners stay."""
+    old, new, other = free_port(), free_port(), free_port()
+    env = dict(preloaded_env(rebind, None, port=str(old)), WEBSOCKIFY_REBIND_TO=str(new))
+    code = PRELUDE + f"""
+client = socket.socket()
+client.bind(("0.0.0.0", {old}))
+client_bound = client.getsockname()[:2]
+client.close()
+s = socket.socket()
+s.bind(("0.0.0.0", {old}))
+s.listen(1)
+o = socket.socket()
+o.bind(("0.0.0.0", {other}))
+o.listen(1)
+print(json.dumps([client_bound, s.getsockname()[:2], o.getsockname()[:2]]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, env=env,
+                          timeout=TIMEOUT, check=True)
+    assert json.loads(done.stdout) == [["0.0.0.0", old], ["127.0.0.1", new],
+                                       ["0.0.0.0", other]]
 
 
 def test_a_shim_that_cannot_find_the_real_calls_fails_them_with_enosys(

@@ -23,8 +23,10 @@ from websockify.settings import Target, TcpAddress, UnixAddress
 
 #: Environment variables shared with rebind.so (rebind/rebind.c).
 REPORT_ENV = "WEBSOCKIFY_REBIND_REPORT"
-PORT_ENV = "WEBSOCKIFY_REBIND_PORT"
+PORT_ENV = "WEBSOCKIFY_REBIND_PORTS"
 UNIX_ENV = "WEBSOCKIFY_REBIND_UNIX"
+#: Set by the standalone ``rebind OLD_PORT NEW_PORT COMMAND``; never by websockify.
+FIXED_PORT_ENV = "WEBSOCKIFY_REBIND_TO"
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,12 @@ import gevent
 import gevent.event
 
 from websockify.errors import LauncherError, TargetError
-from websockify.launcher.listener_report import REPORT_ENV, Listener, ListenerReport
+from websockify.launcher.listener_report import (
+    FIXED_PORT_ENV,
+    REPORT_ENV,
+    Listener,
+    ListenerReport,
+)
 from websockify.launcher.process_tree import ProcessTree, ProcessWatch, tcp_listeners
 from websockify.launcher.wrap_policy import (
     CANNOT_START_STATUS,
@@ -54,7 +59,8 @@ def find_rebind(explicit: str | None) -> Path:
     """The rebind.so to preload: ``explicit``, else $WEBSOCKIFY_REBIND, else the packaged one.
 
     The packaged path is the same for an installed wheel (``pip install .`` builds it)
-    and for a source tree (``make rebind`` builds it there).
+    and for a source tree (``make rebind`` builds it there); in the Debian package it
+    is a link to /usr/lib/websockify/rebind.so.
     """
     if explicit:
         candidate, source = Path(explicit), "--rebind"
@@ -62,6 +68,11 @@ def find_rebind(explicit: str | None) -> Path:
         candidate, source = Path(os.environ[REBIND_ENV]), f"${REBIND_ENV}"
     else:
         candidate, source = PACKAGED_REBIND, "the websockify package"
+    if candidate == PACKAGED_REBIND and not candidate.is_file():
+        raise LauncherError(
+            f"the rebind.so shim is missing ({candidate}): this websockify was installed "
+            "without a C compiler. Install one (apt install gcc libc6-dev) and reinstall "
+            "websockify, or run `make rebind` in a source tree, or give --rebind FILE")
     if not candidate.is_file():
         raise LauncherError(
             f"rebind.so not found at {candidate} (from {source}); build it with "
@@ -173,6 +184,7 @@ class WrappedProgram:
         preload = env.get("LD_PRELOAD", "").strip()
         env["LD_PRELOAD"] = f"{self.rebind}:{preload}" if preload else str(self.rebind)
         env.update(report.environment(self.program_port, self.unix_target))
+        env.pop(FIXED_PORT_ENV, None)  # the `rebind` command's, not ours
         return env
 
     def _spawn(self) -> None:
