@@ -87,6 +87,12 @@ def ws_send(port: int, payload: bytes) -> None:
         sock.close()
 
 
+def accepts(port: int) -> bool:
+    """Whether something accepts connections on 127.0.0.1:``port``."""
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
 def exists(pid: int) -> bool:
     """Whether ``pid`` is in the process table at all (a zombie counts: not reaped)."""
     return Path(f"/proc/{pid}").exists()
@@ -144,13 +150,14 @@ def free_port() -> int:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     for _ in range(1000):
         port = random.randrange(10000, max(10001, low))
-        if port not in _handed_out and _bindable(port):
+        if port not in _handed_out and port_is_free(port):
             _handed_out.add(port)
             return port
     raise AssertionError("no free port below the ephemeral range")
 
 
-def _bindable(port: int) -> bool:
+def port_is_free(port: int) -> bool:
+    """Whether ``port`` can be bound on every address, IPv4 and IPv6."""
     for family, host in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
         with socket.socket(family) as probe:
             try:

@@ -20,6 +20,7 @@ import pytest
 
 from tests.launcher_support import (
     REPO,
+    accepts,
     build_rebind,
     build_static_echo,
     daemonized,
@@ -141,12 +142,6 @@ def test_a_server_started_later_from_the_program_keeps_its_port(
         assert server.log().count("listens on port") == 1
     finally:
         server.stop()
-
-
-def accepts(port: int) -> bool:
-    """Whether something accepts connections on 127.0.0.1:``port``."""
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_a_unix_target_program_is_relayed_and_followed(tmp_path: Path, rebind: Path) -> None:

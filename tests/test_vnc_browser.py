@@ -17,7 +17,6 @@ import contextlib
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,7 +27,14 @@ from typing import Any
 
 import pytest
 
-from tests.launcher_support import build_rebind, descendants, exists, free_port, wait_until
+from tests.launcher_support import (
+    build_rebind,
+    descendants,
+    exists,
+    free_port,
+    port_is_free,
+    wait_until,
+)
 from tests.support import TIMEOUT, Websockify, open_websocket, read_server_frame
 
 pytestmark = pytest.mark.slow
@@ -192,11 +198,6 @@ def answers(url: str, body: bytes) -> bool:
             return bool(response.read() == body)
     except OSError:
         return False
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0
 
 
 def test_a_server_started_from_a_terminal_in_the_desktop_keeps_its_port(
