@@ -171,9 +171,10 @@ def test_a_static_program_gets_one_clear_error_within_the_timeout(
     """LD_PRELOAD cannot reach a statically linked program: its port is not moved."""
     static = build_static_echo(tmp_path)
     port = free_port()
-    server = wrap(tmp_path, rebind, str(static), str(port), options=("--connect-timeout", "1"))
+    # Long enough for the program to listen (a static binary starts at once).
+    server = wrap(tmp_path, rebind, str(static), str(port), options=("--connect-timeout", "2"))
     try:
-        server.wait_for_log("rebind.so could not move it", timeout=1 + TIMEOUT)
+        server.wait_for_log("rebind.so could not move it", timeout=2 + TIMEOUT)
         errors = [line for line in server.log().splitlines() if " ERROR " in line]
         assert len(errors) == 1, errors
         assert f"'static_echo' listens on 0.0.0.0:{port}" in errors[0]
