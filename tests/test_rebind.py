@@ -424,6 +424,7 @@ busy.bind(("127.0.0.1", 0))
 busy.listen(1)
 wanted = socket.socket()
 early = socket.socket()
+client = socket.socket()
 results = {
     "busy, before any listener": bind(early, busy.getsockname()[1]),
     "bound": bind(wanted, WANTED),
@@ -431,6 +432,9 @@ results = {
     "moved": call("listen", wanted.fileno(), 1),
     "program port, in use": bind(socket.socket(), WANTED),
     "busy, after the listener": bind(socket.socket(), busy.getsockname()[1]),
+    "connect": call("connect", client.fileno(), struct.pack("=H", socket.AF_INET)
+                    + struct.pack("!H", busy.getsockname()[1]) + bytes([127, 0, 0, 1])
+                    + bytes(8), 16),
 }
 print(json.dumps(results))
 """
@@ -451,6 +455,7 @@ def test_errno_is_kept_on_success_and_set_only_on_failure(rebind: Path, tmp_path
             "moved": [0, 1234],
             "program port, in use": [-1, 98],  # EADDRINUSE
             "busy, after the listener": [-1, 98],
+            "connect": [0, 1234],
         }
         assert results == expected, wanted
 
