@@ -133,9 +133,14 @@ class ProcessTree:
             return True
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
-                return any(var.startswith(self._marker) for var in environ.read().split(b"\0"))
+                variables = environ.read()
         except OSError:
             return False
+        # A process that is exiting has let its memory go before it turns zombie, and
+        # its environment then reads empty: it counts, or stop() could return (and
+        # websockify exit) while it still ends, leaving a zombie to init.
+        return not variables or any(
+            var.startswith(self._marker) for var in variables.split(b"\0"))
 
     def members(self) -> dict[int, str]:
         """The program's processes now: pid -> state letter (zombies included)."""
