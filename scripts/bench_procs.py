@@ -155,6 +155,15 @@ def ensure_wsrelay() -> None:
                           "(its asyncio server): run make venv")
 
 
+def library_command(port: int, target: int) -> list[str]:
+    """Upstream's Python API as this project implements it (a fork per connection),
+    started the way OpenStack's console proxies start it: ``WebSocketProxy(...)``."""
+    program = ("import sys; from websockify import WebSocketProxy; "
+               "WebSocketProxy(listen_host='127.0.0.1', listen_port=int(sys.argv[1]), "
+               "target_host='127.0.0.1', target_port=int(sys.argv[2])).start_server()")
+    return [_ours_python(), "-c", program, str(port), str(target)]
+
+
 def websocat_command(port: int, target: int) -> list[str]:
     """websocat as a WebSocket-to-TCP relay: binary messages, subprotocol ``binary``.
 
@@ -187,6 +196,7 @@ SERVERS: tuple[ServerSpec, ...] = (
     ServerSpec("websocat", f"websocat {WEBSOCAT_VERSION}", False, websocat_command,
                ensure_websocat),
     ServerSpec("ours", "ours (gevent)", True, ours_command, ensure_ours, tls=True),
+    ServerSpec("library", "ours, library API (fork)", False, library_command, ensure_ours),
 )
 
 
