@@ -11,6 +11,7 @@ from typing import Any
 
 from gevent import socket
 
+from websockify import stdlib_http
 from websockify.protocol.codec import Codec
 
 
@@ -38,17 +39,13 @@ def take_buffered_input(rfile: Any, sock: Any) -> bytes:
 
     A client may send its first frames together with the handshake; they sit in
     ``rfile``'s buffer, not in the socket, and would be lost to the relay.  The
-    reader is closed: from here on the relay reads the socket itself.
+    reader is closed and the socket left blocking, as the code after a handshake
+    expects: from here on the relay reads the socket itself.
     """
-    sock.settimeout(0.0)
-    try:
-        data = rfile.read1(1 << 16) or b""
-    except OSError:
-        data = b""
-    finally:
-        sock.settimeout(None)  # blocking again, as the code after a handshake expects
+    data = stdlib_http.take_buffered_input(rfile, sock)
+    sock.settimeout(None)
     rfile.close()
-    return bytes(data)
+    return data
 
 
 def peer_name(address: Any) -> str:

@@ -34,6 +34,7 @@ from websockify.errors import HandshakeError
 from websockify.http_headers import read_headers
 from websockify.protocol import handshake
 from websockify.settings import Limits, Settings
+from websockify.stdlib_http import lower_case_headers
 
 logger = logging.getLogger(__name__)
 
@@ -203,7 +204,7 @@ class UpgradeHandler(WSGIHandler):
         return environ
 
     def run_application(self) -> None:
-        headers = _lower_case_headers(self.headers)
+        headers = lower_case_headers(self.headers)
         if not handshake.is_upgrade(headers):
             self._run_plain_request()
             return
@@ -329,14 +330,3 @@ _NO_BODY = Input(None, 0)
 def _no_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> None:
     """start_response for an upgraded connection: the response was the handshake."""
     raise RuntimeError("the WebSocket handshake has already been answered")
-
-
-def _lower_case_headers(message: Any) -> dict[str, str]:
-    """Header names lower-cased; repeated headers joined with ", " (RFC 9110 5.3)."""
-    headers: dict[str, str] = {}
-    # raw_items: the values as read, without the email package's per-value check
-    # for undecodable bytes (headers are decoded as latin-1, so there are none).
-    for name, value in message.raw_items():
-        key = name.lower()
-        headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return headers

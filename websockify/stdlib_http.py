@@ -1,6 +1,7 @@
-"""Glue between the standard library's ``http.server`` handlers and the protocol core.
+"""HTTP glue between a parsed request and the protocol core, shared by both servers.
 
-The library server parses requests with :mod:`http.server`; the handshake core
+The library server parses requests with :mod:`http.server`, the gevent server with
+gevent's pywsgi; both hand the same message type here.  The handshake core
 wants lower-case header maps, and the relay wants every client byte that the
 handler's buffered reader took past the request head.  Standard library only:
 this module is imported under eventlet's monkey-patching and with plain threads.
@@ -19,10 +20,15 @@ class _HeaderSource(Protocol):
 def lower_case_headers(headers: _HeaderSource) -> dict[str, str]:
     """Header names lower-cased; repeated headers joined with ", " (RFC 9110 5.3).
 
-    Takes an ``email.message.Message`` (what ``http.server`` parses) or any mapping.
+    Takes an ``email.message.Message`` (what ``http.server`` and gevent parse) or any
+    mapping.  A message's ``raw_items`` are the values as read, without the email
+    package's per-value check for undecodable bytes (headers are decoded as latin-1,
+    so there are none): that check is a measurable part of a connection's setup.
     """
+    raw_items = getattr(headers, "raw_items", None)
+    pairs = raw_items() if raw_items is not None else headers.items()
     lowered: dict[str, str] = {}
-    for name, value in headers.items():
+    for name, value in pairs:
         key = name.lower()
         lowered[key] = f"{lowered[key]}, {value}" if key in lowered else str(value)
     return lowered
