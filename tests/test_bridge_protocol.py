@@ -256,7 +256,7 @@ def test_64_bit_length_with_the_top_bit_set_is_refused(bridge: Bridge) -> None:
     with sock:
         sock.sendall(long_length_frame(struct.pack("!Q", 1 << 63)))
         result = expect_close(sock)
-        assert result.code in (1002, 1009), result
+        assert result.code == 1002, result
         assert_tcp_closed(sock)
 
 
@@ -272,13 +272,13 @@ def test_invalid_close_code_gets_1002(bridge: Bridge, code: int) -> None:
 
 
 def test_invalid_utf8_close_reason_is_refused(bridge: Bridge) -> None:
-    """A Close reason that is not UTF-8 → Close 1002 or 1007 (the spec's "1007 for
-    invalid UTF-8" applies; both are accepted as a refusal), then TCP close."""
+    """A Close reason that is not UTF-8 → Close 1007 (RFC 6455 7.4.1: invalid UTF-8
+    in a message), then TCP close."""
     sock, _ = bridge.connect()
     with sock:
         send_close(sock, 1000, b"\xff\xfe bad")
         result = expect_close(sock)
-        assert result.code in (1002, 1007), result
+        assert result.code == 1007, result
         assert_tcp_closed(sock)
 
 
