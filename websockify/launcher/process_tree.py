@@ -131,14 +131,16 @@ class ProcessTree:
         """Whether a direct child of websockify belongs to the wrapped program."""
         if self.root is not None and pid == self.root.pid:
             return True
+        # A child that is exiting has let its memory go before it turns zombie: its
+        # environment then reads empty or fails with ESRCH.  It counts, or stop()
+        # could return (and websockify exit) while it still ends, leaving it to init.
         try:
             with open(f"/proc/{pid}/environ", "rb") as environ:
                 variables = environ.read()
+        except ProcessLookupError:
+            return True
         except OSError:
             return False
-        # A process that is exiting has let its memory go before it turns zombie, and
-        # its environment then reads empty: it counts, or stop() could return (and
-        # websockify exit) while it still ends, leaving a zombie to init.
         return not variables or any(
             var.startswith(self._marker) for var in variables.split(b"\0"))
 
