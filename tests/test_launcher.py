@@ -21,7 +21,6 @@ import pytest
 from tests.launcher_support import (
     REPO,
     accepts,
-    build_rebind,
     build_static_echo,
     daemonized,
     descendants,
@@ -48,11 +47,6 @@ from websockify import launcher
 from websockify.errors import LauncherError
 from websockify.launcher.listener_report import Listener, parse_report
 from websockify.settings import TcpAddress, UnixAddress
-
-
-@pytest.fixture(scope="module")
-def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_rebind(tmp_path_factory.mktemp("rebind"))
 
 
 def wrap(tmp_path: Path, rebind: Path, *command: str, options: tuple[str, ...] = (),

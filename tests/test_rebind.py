@@ -22,11 +22,6 @@ from tests.launcher_support import build_rebind, free_port, wait_until
 from tests.support import TIMEOUT, TcpServer, echo
 
 
-@pytest.fixture(scope="module")
-def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_rebind(tmp_path_factory.mktemp("rebind"))
-
-
 @pytest.fixture
 def report(tmp_path: Path) -> Path:
     """The report file, created empty as websockify creates it."""

@@ -28,7 +28,6 @@ from typing import Any
 import pytest
 
 from tests.launcher_support import (
-    build_rebind,
     descendants,
     exists,
     free_port,
@@ -67,11 +66,6 @@ def free_display() -> int:
                 or Path(f"/tmp/.X11-unix/X{number}").exists()):
             return number
     raise AssertionError("no free X display between :40 and :99")
-
-
-@pytest.fixture(scope="module")
-def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_rebind(tmp_path_factory.mktemp("rebind"))
 
 
 @pytest.fixture
