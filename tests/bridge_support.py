@@ -18,7 +18,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +27,18 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect, unix_connect
 from websockets.typing import Subprotocol
 
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, recv_exact
+from tests.support import (
+    TIMEOUT,
+    TcpServer,
+    client_frame,
+    read_http_head,
+    recv_exact,
+    wait_until,
+)
 from tests.support import echo as echo_each_connection
 
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT,
-               interval: float = 0.02) -> None:
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float = TIMEOUT) -> int:

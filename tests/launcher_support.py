@@ -20,10 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bridge_support import wait_until
 from tests.support import REPO, client_frame, open_websocket, read_server_frame
-
-__all__ = ["wait_until"]  # the one bounded poll of the suite, for the launcher tests too
 
 PROGRAMS = REPO / "tests" / "programs"
 REBIND_SOURCE = REPO / "rebind" / "rebind.c"

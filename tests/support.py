@@ -27,6 +27,18 @@ REPO = Path(__file__).resolve().parent.parent
 LISTENING = re.compile(r"listening on (?:\[(?P<h6>[^\]]+)\]|(?P<h4>[^\s:]+)):(?P<port>\d+)")
 
 
+def wait_until(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT,
+               interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
 class TcpServer:
     """A threaded server running ``serve(conn)`` per connection.
 

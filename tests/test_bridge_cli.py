@@ -22,11 +22,19 @@ from tests.bridge_support import (
     recv_bytes,
     unix_echo_server,
     wait_exit,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
-from tests.support import LISTENING, REPO, TIMEOUT, TcpServer, Websockify, echo, websockify
+from tests.support import (
+    LISTENING,
+    REPO,
+    TIMEOUT,
+    TcpServer,
+    Websockify,
+    echo,
+    wait_until,
+    websockify,
+)
 
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no ::1 on this host")
 

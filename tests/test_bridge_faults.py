@@ -32,9 +32,8 @@ from tests.bridge_support import (
     rss_kib,
     send_close,
     wait_exit,
-    wait_until,
 )
-from tests.support import TIMEOUT, TcpServer, client_frame, echo, websockify
+from tests.support import TIMEOUT, TcpServer, client_frame, echo, wait_until, websockify
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -35,12 +35,11 @@ from tests.bridge_support import (
     upgrade,
     upgrade_request,
     wait_exit,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
 from tests.launcher_support import echo_server, exists, read_pids
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
+from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, wait_until, websockify
 
 
 def refused_or_not_upgraded(port: int) -> bool:

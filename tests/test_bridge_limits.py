@@ -32,10 +32,9 @@ from tests.bridge_support import (
     send_close,
     send_in_background,
     upgrade,
-    wait_until,
     ws_connect,
 )
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
+from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, wait_until, websockify
 
 
 def status_then_close(port: int, request: bytes) -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import RecordingTarget, echo_roundtrip, wait_until
-from tests.support import REPO, TIMEOUT
+from tests.bridge_support import RecordingTarget, echo_roundtrip
+from tests.support import REPO, TIMEOUT, wait_until
 from websockify.errors import EXIT_STARTUP_FAILURE
 
 

@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import wait_until
 from tests.launcher_support import echo_server, ws_roundtrip
-from tests.support import REPO, TIMEOUT, TcpServer, Websockify
+from tests.support import REPO, TIMEOUT, TcpServer, Websockify, wait_until
 from websockify import __version__
 
 pytestmark = pytest.mark.slow

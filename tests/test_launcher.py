@@ -28,7 +28,6 @@ from tests.launcher_support import (
     exists,
     free_port,
     read_pids,
-    wait_until,
     ws_roundtrip,
     ws_send,
     zombies_of,
@@ -41,6 +40,7 @@ from tests.support import (
     open_websocket,
     read_server_frame,
     recv_exact,
+    wait_until,
     websockify,
 )
 from websockify import launcher

@@ -24,12 +24,11 @@ from tests.bridge_support import (
     raw_request,
     recv_bytes,
     unix_echo_server,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
 from tests.library_support import library_proxy, python_modules_after
-from tests.support import TIMEOUT, TcpServer
+from tests.support import TIMEOUT, TcpServer, wait_until
 from websockify.errors import ConfigError
 from websockify.websocketproxy import (
     ProxyRequestHandler,

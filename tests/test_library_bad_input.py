@@ -28,10 +28,16 @@ from tests.bridge_support import (
     RecordingTarget,
     http_header,
     raw_request,
-    wait_until,
 )
 from tests.library_support import library_proxy
-from tests.support import TIMEOUT, client_frame, open_websocket, read_http_head, websockify
+from tests.support import (
+    TIMEOUT,
+    client_frame,
+    open_websocket,
+    read_http_head,
+    wait_until,
+    websockify,
+)
 
 MAX_MESSAGE = 4096
 

@@ -14,16 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bridge_support import (
-    abort,
-    echo_roundtrip,
-    fd_count,
-    raw_request,
-    wait_until,
-    ws_connect,
-)
+from tests.bridge_support import abort, echo_roundtrip, fd_count, raw_request, ws_connect
 from tests.library_support import LibraryProxy, child_pids, library_proxy
-from tests.support import TIMEOUT, TcpServer, read_http_head
+from tests.support import TIMEOUT, TcpServer, read_http_head, wait_until
 
 
 @pytest.fixture(scope="module")

@@ -31,12 +31,11 @@ from tests.bridge_support import (
     recv_bytes,
     send_close,
     upgrade,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
 from tests.library_support import child_pids, library_proxy, self_signed_certificate
-from tests.support import TIMEOUT, TcpServer, client_frame, echo, open_websocket
+from tests.support import TIMEOUT, TcpServer, client_frame, echo, open_websocket, wait_until
 from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
 
 START_METHODS = ["fork", "spawn", "forkserver"]

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import RecordingTarget, echo_roundtrip, wait_exit, wait_until
-from tests.support import REPO, TIMEOUT, websockify
+from tests.bridge_support import RecordingTarget, echo_roundtrip, wait_exit
+from tests.support import REPO, TIMEOUT, wait_until, websockify
 from websockify import cli
 from websockify.errors import EXIT_STARTUP_FAILURE, EXIT_USAGE, ConfigError
 from websockify.readiness import write_atomically

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher_support import build_rebind, free_port, wait_until
-from tests.support import TIMEOUT, TcpServer, echo
+from tests.launcher_support import build_rebind, free_port
+from tests.support import TIMEOUT, TcpServer, echo, wait_until
 
 
 @pytest.fixture

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import wait_until
-from tests.support import REPO, TIMEOUT, websockify
+from tests.support import REPO, TIMEOUT, wait_until, websockify
 from websockify.errors import EXIT_STARTUP_FAILURE
 from websockify.syslog import (
     LOG_USER,

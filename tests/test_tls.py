@@ -32,11 +32,10 @@ from tests.bridge_support import (
     recv_bytes,
     upgrade,
     wait_exit,
-    wait_until,
     ws_connect,
 )
 from tests.service_support import free_loopback_port
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
+from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, wait_until, websockify
 from tests.test_hixie_server import HixieClient, frame
 from tests.tls_support import Pki, TlsEchoTarget, der_of, self_signed, served_certificate
 from websockify import cli

@@ -25,11 +25,10 @@ from tests.bridge_support import (
     unix_echo_server,
     upgrade,
     wait_exit,
-    wait_until,
     ws_connect,
 )
 from tests.service_support import redis_server, token_api
-from tests.support import TIMEOUT, TcpServer, echo, websockify
+from tests.support import TIMEOUT, TcpServer, echo, wait_until, websockify
 from tests.test_wsgi_gunicorn import OUR_WORKER, STOCK_WORKER, gunicorn
 from tests.tls_support import Pki
 from websockify.token_plugins import (

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,14 +26,8 @@ from typing import Any
 
 import pytest
 
-from tests.launcher_support import (
-    descendants,
-    exists,
-    free_port,
-    port_is_free,
-    wait_until,
-)
-from tests.support import TIMEOUT, Websockify, open_websocket, read_server_frame
+from tests.launcher_support import descendants, exists, free_port, port_is_free
+from tests.support import TIMEOUT, Websockify, open_websocket, read_server_frame, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -100,11 +93,10 @@ def chromium_driver(tmp_path: Path, *extra_flags: str) -> Iterator[Any]:
 
 def paint_root(display: int, colour: str) -> None:
     """xsetroot -solid, retried until the X server accepts connections (bounded)."""
-    deadline = time.monotonic() + TIMEOUT
-    while subprocess.run(["xsetroot", "-display", f":{display}", "-solid", colour],
-                         capture_output=True, timeout=TIMEOUT, check=False).returncode:
-        assert time.monotonic() < deadline, f"X display :{display} never accepted xsetroot"
-        time.sleep(0.1)
+    wait_until(lambda: subprocess.run(["xsetroot", "-display", f":{display}", "-solid", colour],
+                                      capture_output=True, timeout=TIMEOUT,
+                                      check=False).returncode == 0,
+               f"X display :{display} to accept xsetroot", interval=0.1)
 
 
 def canvas_shows(driver: Any, width: int, height: int, rgb: tuple[int, int, int]) -> None:
