@@ -17,24 +17,31 @@ from pathlib import Path
 import pytest
 
 from tests.bridge_support import (
-    OP_BINARY,
-    OP_CONT,
-    FrameReader,
     RecordingTarget,
     abort,
-    assert_tcp_closed,
     echo_roundtrip,
-    expect_close,
     fd_count,
-    http_status,
-    raw_request,
     recv_bytes,
-    send_close,
     send_in_background,
-    upgrade,
     ws_connect,
 )
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, wait_until, websockify
+from tests.support import (
+    OP_BINARY,
+    OP_CONT,
+    TIMEOUT,
+    FrameReader,
+    TcpServer,
+    assert_tcp_closed,
+    client_frame,
+    expect_close,
+    http_status,
+    raw_request,
+    read_http_head,
+    send_close,
+    upgrade,
+    wait_until,
+    websockify,
+)
 
 
 def status_then_close(port: int, request: bytes) -> int:

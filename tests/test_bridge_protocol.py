@@ -16,29 +16,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import (
+from tests.bridge_support import RecordingTarget, echo_roundtrip, refusing_port
+from tests.support import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    TIMEOUT,
     FrameReader,
-    RecordingTarget,
+    Websockify,
     accept_value,
     assert_tcp_closed,
+    client_frame,
     close_payload,
-    echo_roundtrip,
     expect_close,
     http_header,
     http_status,
     raw_request,
-    refusing_port,
+    read_http_head,
     send_close,
     upgrade,
     upgrade_request,
+    websockify,
 )
-from tests.support import TIMEOUT, Websockify, client_frame, read_http_head, websockify
 
 
 @dataclass

@@ -37,6 +37,7 @@ from tests.support import (
     TcpServer,
     Websockify,
     close_code,
+    http_status,
     open_websocket,
     read_server_frame,
     recv_exact,
@@ -60,7 +61,7 @@ def refused_with(port: int) -> int | None:
     """The close code websockify answers a client with when it has no target."""
     sock, head = open_websocket(port)
     try:
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
+        assert http_status(head) == 101, head
         opcode, _, payload = read_server_frame(sock)
         assert opcode == 0x8
         return close_code(payload)

@@ -21,14 +21,13 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.bridge_support import (
     echo_roundtrip,
-    raw_request,
     recv_bytes,
     unix_echo_server,
     ws_connect,
     ws_unix_connect,
 )
 from tests.library_support import library_proxy, python_modules_after
-from tests.support import TIMEOUT, TcpServer, wait_until
+from tests.support import TIMEOUT, TcpServer, raw_request, wait_until
 from websockify.errors import ConfigError
 from websockify.websocketproxy import (
     ProxyRequestHandler,

@@ -18,22 +18,20 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.bridge_support import (
+from tests.bridge_support import RecordingTarget
+from tests.library_support import library_proxy
+from tests.support import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_TEXT,
-    FrameReader,
-    RecordingTarget,
-    http_header,
-    raw_request,
-)
-from tests.library_support import library_proxy
-from tests.support import (
     TIMEOUT,
+    FrameReader,
     client_frame,
+    http_header,
     open_websocket,
+    raw_request,
     read_http_head,
     wait_until,
     websockify,

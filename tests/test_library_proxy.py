@@ -23,19 +23,21 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from tests.bridge_support import (
+from tests.bridge_support import FloodTarget, recv_bytes, ws_connect, ws_unix_connect
+from tests.library_support import child_pids, library_proxy, self_signed_certificate
+from tests.support import (
     OP_BINARY,
     OP_PING,
-    FloodTarget,
+    TIMEOUT,
     FrameReader,
-    recv_bytes,
+    TcpServer,
+    client_frame,
+    echo,
+    open_websocket,
     send_close,
     upgrade,
-    ws_connect,
-    ws_unix_connect,
+    wait_until,
 )
-from tests.library_support import child_pids, library_proxy, self_signed_certificate
-from tests.support import TIMEOUT, TcpServer, client_frame, echo, open_websocket, wait_until
 from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
 
 START_METHODS = ["fork", "spawn", "forkserver"]

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, TIMEOUT, read_http_head, wait_until
+from tests.support import REPO, TIMEOUT, read_http_head, stop_process, wait_until
 from websockify.errors import ConfigError
 from websockify.static import StaticFiles
 
@@ -103,12 +103,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
 
     yield start
     for server in servers:
-        server.proc.terminate()
-        try:
-            server.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(TIMEOUT)
+        stop_process(server.proc)
         assert server.proc.stdout is not None
         # Nothing but the port line on stdout: the module logs, it never prints.
         assert server.proc.stdout.read() == b""
