@@ -39,6 +39,7 @@ from tests.support import (
     read_http_head,
     send_close,
     upgrade,
+    upgrade_request,
     wait_until,
     websockify,
 )
@@ -225,9 +226,8 @@ def test_five_body_tricklers_do_not_lock_out_max_connections_5(
         assert "Traceback" not in server.log(), server.log()
 
 
-UPGRADE_HEAD = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\n")
+#: An upgrade request without its closing blank line, for a test to add headers to.
+UPGRADE_HEAD = upgrade_request(protocols=None)[:-2]
 
 
 @pytest.mark.parametrize(("framing", "body", "reason"), [
