@@ -1,15 +1,14 @@
 """Helpers for the end-to-end bridge tests (tests/test_bridge_*.py).
 
 Everything here drives real sockets and real processes: recording and flooding
-TCP targets, a unix-socket echo server, a buffered raw RFC 6455 frame reader,
-/proc probes of the websockify subprocess and a bounded poll.  Nothing mocks the
-server; the raw-frame code builds on ``tests.support`` so that the wire format is
-checked against the RFC, not against the server's own codec.
+TCP targets, a unix-socket echo server, the python-websockets client, /proc
+probes of the websockify subprocess and socket-level faults (resets, background
+senders).  Nothing mocks the server.  The raw RFC 6455 client and the bounded
+poll (``wait_until``) are in ``tests.support``, the one place for them.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import socket
@@ -18,7 +17,7 @@ import struct
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,23 +26,12 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect, unix_connect
 from websockets.typing import Subprotocol
 
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, recv_exact
+from tests.support import (
+    TIMEOUT,
+    TcpServer,
+    wait_until,
+)
 from tests.support import echo as echo_each_connection
-
-WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-def wait_until(predicate: Callable[[], object], what: str, timeout: float = TIMEOUT,
-               interval: float = 0.02) -> None:
-    """Poll ``predicate`` until it is true; fail with ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.1f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def wait_exit(proc: subprocess.Popen, timeout: float = TIMEOUT) -> int:
@@ -240,165 +228,6 @@ def echo_roundtrip(port: int, payload: bytes = b"still serving") -> None:
     with ws_connect(port) as ws:
         ws.send(payload)
         assert recv_bytes(ws, len(payload)) == payload
-
-
-# ---------------------------------------------------------------------------
-# Raw RFC 6455 client pieces
-
-def accept_value(key: str) -> str:
-    return base64.b64encode(hashlib.sha1((key + WS_GUID).encode()).digest()).decode()
-
-
-def http_status(head: bytes) -> int:
-    """The status code of an HTTP response head (0 if there is none)."""
-    parts = head.split(b"\r\n", 1)[0].split()
-    return int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-
-
-def http_header(head: bytes, name: str) -> str | None:
-    for line in head.decode("latin-1").split("\r\n")[1:]:
-        key, sep, value = line.partition(":")
-        if sep and key.strip().lower() == name.lower():
-            return value.strip()
-    return None
-
-
-def upgrade_request(protocols: str | None = "binary", version: str = "13", path: str = "/",
-                    host: str | None = "localhost", key: str | None = None,
-                    http_version: str = "HTTP/1.1") -> bytes:
-    """An RFC 6455 upgrade request; ``host=None`` leaves the Host header out."""
-    key = key or base64.b64encode(os.urandom(16)).decode()
-    lines = [f"GET {path} {http_version}", "Upgrade: websocket",
-             "Connection: Upgrade", f"Sec-WebSocket-Key: {key}",
-             f"Sec-WebSocket-Version: {version}"]
-    if host is not None:
-        lines.insert(1, f"Host: {host}")
-    if protocols is not None:
-        lines.append(f"Sec-WebSocket-Protocol: {protocols}")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
-
-def upgrade(sock: socket.socket, protocols: str | None = "binary", version: str = "13",
-            path: str = "/", host: str = "localhost", key: str | None = None) -> bytes:
-    """Send an RFC 6455 upgrade request on ``sock``; returns the response head."""
-    sock.sendall(upgrade_request(protocols, version, path, host, key))
-    return read_http_head(sock)
-
-
-def raw_client(port: int, rcvbuf: int = 0) -> socket.socket:
-    """A raw socket upgraded to a WebSocket (binary); ``rcvbuf`` makes it a slow reader
-    with a small receive buffer."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    if rcvbuf:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-    sock.settimeout(TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    assert http_status(upgrade(sock)) == 101
-    return sock
-
-
-def raw_request(port: int, request: bytes, timeout: float = TIMEOUT) -> tuple[int, bytes, bytes]:
-    """Send raw bytes as an HTTP request; returns (status, head, body).
-
-    The body is read by Content-Length, or to EOF without one.
-    """
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        sock.sendall(request)
-        head = read_http_head(sock)
-        length = http_header(head, "Content-Length")
-        body = bytearray()
-        if length is not None:
-            body += recv_exact(sock, int(length))
-        else:
-            with suppress(ConnectionResetError):
-                while chunk := sock.recv(65536):
-                    body += chunk
-        return http_status(head), head, bytes(body)
-
-
-@dataclass
-class CloseResult:
-    """How the server ended a raw connection."""
-
-    code: int | None
-    reason: bytes
-    data: bytes  # data-frame payloads received before the Close frame
-    pings: list[bytes]
-
-
-class FrameReader:
-    """Reads server frames from a raw socket through a buffer (fast for big streams)."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-
-    def _fill(self, n: int) -> None:
-        while len(self.buf) < n:
-            chunk = self.sock.recv(max(1 << 20, n - len(self.buf)))
-            if not chunk:
-                raise EOFError(f"connection closed with {len(self.buf)} of {n} bytes buffered")
-            self.buf += chunk
-
-    def _take(self, n: int) -> bytes:
-        self._fill(n)
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
-
-    def read_frame(self) -> tuple[int, bool, bytes]:
-        """One frame: (opcode, fin, payload); asserts the server did not mask it."""
-        first, second = self._take(2)
-        assert second & 0x80 == 0, "server frames must not be masked"
-        length = second & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", self._take(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", self._take(8))
-        return first & 0x0F, bool(first & 0x80), self._take(length)
-
-    def expect_close(self) -> CloseResult:
-        """Read frames until the server's Close; fails on EOF before it."""
-        data = bytearray()
-        pings: list[bytes] = []
-        while True:
-            try:
-                opcode, _, payload = self.read_frame()
-            except (EOFError, ConnectionResetError) as error:
-                raise AssertionError(f"TCP closed before a Close frame: {error}") from error
-            if opcode == OP_CLOSE:
-                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else None
-                return CloseResult(code, payload[2:], bytes(data), pings)
-            if opcode == OP_PING:
-                pings.append(payload)
-            elif opcode in (OP_CONT, OP_TEXT, OP_BINARY):
-                data += payload
-
-
-def expect_close(sock: socket.socket) -> CloseResult:
-    return FrameReader(sock).expect_close()
-
-
-def assert_tcp_closed(sock: socket.socket, timeout: float = TIMEOUT) -> None:
-    """The server hangs up (EOF or reset) within ``timeout`` and sends nothing more."""
-    sock.settimeout(timeout)
-    extra = bytearray()
-    try:
-        while chunk := sock.recv(65536):
-            extra += chunk
-    except ConnectionResetError:
-        pass
-    except TimeoutError as error:
-        raise AssertionError(f"server kept the TCP connection open for {timeout}s") from error
-    assert not extra, f"server sent {len(extra)} bytes after its Close frame: {bytes(extra[:40])!r}"
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return struct.pack("!H", code) + reason
-
-
-def send_close(sock: socket.socket, code: int = 1000, reason: bytes = b"") -> None:
-    sock.sendall(client_frame(OP_CLOSE, close_payload(code, reason)))
 
 
 def abort(sock: socket.socket) -> None:

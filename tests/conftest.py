@@ -1,11 +1,13 @@
-"""Shared fixtures: real TCP targets on 127.0.0.1."""
+"""Shared fixtures: real TCP targets on 127.0.0.1 and the rebind.so shim."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.launcher_support import build_rebind
 from tests.support import TcpServer, echo
 
 
@@ -15,3 +17,9 @@ def echo_target() -> Iterator[TcpServer]:
     server = TcpServer(echo)
     yield server
     server.close()
+
+
+@pytest.fixture(scope="session")
+def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """rebind/rebind.c compiled once for the whole run, as the Makefile builds it."""
+    return build_rebind(tmp_path_factory.mktemp("rebind"))

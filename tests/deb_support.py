@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support import REPO, TIMEOUT
+from tests.support import REPO, TIMEOUT, reap
 
 #: A clean environment for commands in the throwaway root.
 CLEAN_ENV = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root", "LANG=C.UTF-8",
@@ -122,11 +122,7 @@ class ThrowawayRoot:
                 os.kill(self.pid, signal.SIGKILL)
             else:
                 self._unshare.kill()
-        try:
-            self._unshare.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self._unshare.kill()
-            self._unshare.wait(TIMEOUT)
+        reap(self._unshare)
         if self._unshare.stdout is not None:
             self._unshare.stdout.close()
 

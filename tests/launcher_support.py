@@ -20,10 +20,14 @@ import sys
 import time
 from pathlib import Path
 
-from tests.bridge_support import wait_until
-from tests.support import REPO, client_frame, open_websocket, read_server_frame
-
-__all__ = ["wait_until"]  # the one bounded poll of the suite, for the launcher tests too
+from tests.support import (
+    OP_BINARY,
+    REPO,
+    client_frame,
+    http_status,
+    open_websocket,
+    read_server_frame,
+)
 
 PROGRAMS = REPO / "tests" / "programs"
 REBIND_SOURCE = REPO / "rebind" / "rebind.c"
@@ -67,10 +71,10 @@ def ws_roundtrip(port: int, payload: bytes) -> bytes:
     """Send one binary message through websockify on ``port``; return the first reply."""
     sock, head = open_websocket(port)
     try:
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
-        sock.sendall(client_frame(0x2, payload))
+        assert http_status(head) == 101, head
+        sock.sendall(client_frame(OP_BINARY, payload))
         opcode, _, data = read_server_frame(sock)
-        assert opcode == 0x2, (opcode, data)
+        assert opcode == OP_BINARY, (opcode, data)
         return data
     finally:
         sock.close()
@@ -80,8 +84,8 @@ def ws_send(port: int, payload: bytes) -> None:
     """Send one binary message and close at once (e.g. ``EXIT 3`` to the test server)."""
     sock, head = open_websocket(port)
     try:
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
-        sock.sendall(client_frame(0x2, payload))
+        assert http_status(head) == 101, head
+        sock.sendall(client_frame(OP_BINARY, payload))
         time.sleep(0.2)
     finally:
         sock.close()

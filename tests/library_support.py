@@ -103,17 +103,6 @@ def child_pids(pid: int) -> list[int]:
     return [int(word) for word in children.read_text().split()]
 
 
-def self_signed_certificate(directory: Path, name: str = "localhost") -> tuple[Path, Path]:
-    """A fresh certificate and key for ``name`` (and 127.0.0.1), made by openssl."""
-    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-         "-subj", f"/CN={name}", "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1",
-         "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True, timeout=TIMEOUT)
-    return cert, key
-
-
 def python_modules_after(code: str) -> set[str]:
     """The modules a fresh interpreter has loaded after running ``code``."""
     probe = f"{code}\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"

@@ -21,7 +21,7 @@ from urllib.parse import unquote
 import pytest
 import redis
 
-from tests.support import TIMEOUT
+from tests.support import TIMEOUT, stop_process
 
 
 def free_loopback_port() -> int:
@@ -66,13 +66,7 @@ class RedisServer:
                            socket_timeout=TIMEOUT)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(TIMEOUT)
+        stop_process(self.proc)
 
 
 class TokenApi:

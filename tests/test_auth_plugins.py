@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.bridge_support import echo_roundtrip, http_header, raw_request, wait_exit, ws_connect
-from tests.support import TcpServer, websockify
+from tests.bridge_support import echo_roundtrip, wait_exit, ws_connect
+from tests.support import TcpServer, http_header, raw_request, websockify
 from websockify.auth_plugins import (
     AuthenticationError,
     BasicHTTPAuth,

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,11 +20,19 @@ from tests.bridge_support import (
     recv_bytes,
     unix_echo_server,
     wait_exit,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
-from tests.support import LISTENING, REPO, TIMEOUT, TcpServer, Websockify, echo, websockify
+from tests.support import (
+    LISTENING,
+    TIMEOUT,
+    TcpServer,
+    Websockify,
+    echo,
+    run_websockify,
+    wait_until,
+    websockify,
+)
 
 needs_ipv6 = pytest.mark.skipif(not ipv6_loopback_available(), reason="no ::1 on this host")
 
@@ -152,10 +158,7 @@ def test_a_second_instance_on_a_live_unix_socket_refuses_to_start(
 def test_a_port_in_use_exits_3_not_2(tmp_path: Path, echo_target: TcpServer) -> None:
     """The command line is right, the address is taken: exit status 3, cannot start
     (2 is kept for wrong command lines), one error line."""
-    done = subprocess.run(
-        [sys.executable, "-m", "websockify", f"127.0.0.1:{echo_target.port}",
-         f"127.0.0.1:{echo_target.port}"], cwd=REPO, capture_output=True, text=True,
-        timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    done = run_websockify(f"127.0.0.1:{echo_target.port}", f"127.0.0.1:{echo_target.port}")
     assert done.returncode == 3, done.stderr
     assert f"cannot listen on 127.0.0.1:{echo_target.port}: Address already in use" in done.stderr
     assert "Traceback" not in done.stderr
@@ -190,10 +193,8 @@ def test_a_start_that_fails_after_binding_leaves_no_socket_file(tmp_path: Path) 
     """The wrapped program cannot start (no rebind.so): websockify fails, and the
     socket file bound just before is removed, not left for the next run to find."""
     path = tmp_path / "failed.sock"
-    done = subprocess.run(
-        [sys.executable, "-m", "websockify", "--unix-listen", str(path),
-         "--rebind", str(tmp_path / "nowhere" / "rebind.so"), "--", "true"],
-        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    done = run_websockify("--unix-listen", str(path),
+                          "--rebind", str(tmp_path / "nowhere" / "rebind.so"), "--", "true")
     assert done.returncode != 0, done.stderr  # the launcher's own status for this
     assert "rebind.so not found" in done.stderr
     assert not path.exists()
@@ -299,9 +300,7 @@ def test_wrong_command_line_exits_2_with_one_line(tmp_path: Path, name: str) -> 
     """A wrong command line: exit status 2, exactly one line on stderr, no traceback,
     and nothing started (nothing on stdout)."""
     args = [arg.replace("{tmp}", str(tmp_path)) for arg in BAD_COMMAND_LINES[name]]
-    done = subprocess.run([sys.executable, "-m", "websockify", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=TIMEOUT,
-                          stdin=subprocess.DEVNULL)
+    done = run_websockify(*args)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, f"{name}: exit {done.returncode}\n{done.stderr}"
     assert "Traceback" not in done.stderr

@@ -19,22 +19,23 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import (
+from tests.bridge_support import abort, echo_roundtrip, rss_kib, wait_exit
+from tests.support import (
     OP_BINARY,
     OP_CLOSE,
     OP_PING,
     OP_PONG,
+    TIMEOUT,
     FrameReader,
-    abort,
+    TcpServer,
     assert_tcp_closed,
-    echo_roundtrip,
+    client_frame,
+    echo,
     raw_client,
-    rss_kib,
     send_close,
-    wait_exit,
     wait_until,
+    websockify,
 )
-from tests.support import TIMEOUT, TcpServer, client_frame, echo, websockify
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -14,8 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import echo_roundtrip, http_status, raw_request
-from tests.support import TIMEOUT, TcpServer, Websockify, echo, read_http_head, websockify
+from tests.bridge_support import echo_roundtrip
+from tests.support import (
+    TIMEOUT,
+    TcpServer,
+    Websockify,
+    echo,
+    http_status,
+    raw_request,
+    read_http_head,
+    websockify,
+)
 
 INDEX = b"<!doctype html><title>bridge</title><p>index page</p>\n"
 SECRET = b"TOP-SECRET-OUTSIDE-THE-WEB-ROOT\n"

@@ -17,30 +17,36 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.bridge_support import (
-    OP_BINARY,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
-    FrameReader,
     RecordingTarget,
-    assert_tcp_closed,
-    close_payload,
     echo_roundtrip,
-    expect_close,
-    http_status,
-    raw_client,
-    raw_request,
     recv_bytes,
-    send_close,
-    upgrade,
-    upgrade_request,
     wait_exit,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
 from tests.launcher_support import echo_server, exists, read_pids
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
+from tests.support import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    TIMEOUT,
+    FrameReader,
+    TcpServer,
+    assert_tcp_closed,
+    client_frame,
+    close_payload,
+    expect_close,
+    http_status,
+    raw_client,
+    raw_request,
+    read_http_head,
+    send_close,
+    upgrade,
+    upgrade_request,
+    wait_until,
+    websockify,
+)
 
 
 def refused_or_not_upgraded(port: int) -> bool:

@@ -17,25 +17,32 @@ from pathlib import Path
 import pytest
 
 from tests.bridge_support import (
-    OP_BINARY,
-    OP_CONT,
-    FrameReader,
     RecordingTarget,
     abort,
-    assert_tcp_closed,
     echo_roundtrip,
-    expect_close,
     fd_count,
-    http_status,
-    raw_request,
     recv_bytes,
-    send_close,
     send_in_background,
-    upgrade,
-    wait_until,
     ws_connect,
 )
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
+from tests.support import (
+    OP_BINARY,
+    OP_CONT,
+    TIMEOUT,
+    FrameReader,
+    TcpServer,
+    assert_tcp_closed,
+    client_frame,
+    expect_close,
+    http_status,
+    raw_request,
+    read_http_head,
+    send_close,
+    upgrade,
+    upgrade_request,
+    wait_until,
+    websockify,
+)
 
 
 def status_then_close(port: int, request: bytes) -> int:
@@ -219,9 +226,8 @@ def test_five_body_tricklers_do_not_lock_out_max_connections_5(
         assert "Traceback" not in server.log(), server.log()
 
 
-UPGRADE_HEAD = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-                b"Sec-WebSocket-Version: 13\r\n")
+#: An upgrade request without its closing blank line, for a test to add headers to.
+UPGRADE_HEAD = upgrade_request(protocols=None)[:-2]
 
 
 @pytest.mark.parametrize(("framing", "body", "reason"), [

@@ -16,29 +16,31 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import (
+from tests.bridge_support import RecordingTarget, echo_roundtrip, refusing_port
+from tests.support import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_PONG,
     OP_TEXT,
+    TIMEOUT,
     FrameReader,
-    RecordingTarget,
+    Websockify,
     accept_value,
     assert_tcp_closed,
+    client_frame,
     close_payload,
-    echo_roundtrip,
     expect_close,
     http_header,
     http_status,
     raw_request,
-    refusing_port,
+    read_http_head,
     send_close,
     upgrade,
     upgrade_request,
+    websockify,
 )
-from tests.support import TIMEOUT, Websockify, client_frame, read_http_head, websockify
 
 
 @dataclass
@@ -402,9 +404,7 @@ def test_frames_sent_in_the_same_write_as_the_handshake_are_relayed(fresh_bridge
     """A client that pipelines its first frames behind the upgrade request (one
     write, one frame cut in half) loses nothing: every byte reaches the target."""
     index = len(fresh_bridge.target.peers)
-    request = (b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-               b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-               b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: binary\r\n\r\n")
+    request = upgrade_request()
     second = client_frame(OP_BINARY, b"-second-" * 100)
     with socket.create_connection(("127.0.0.1", fresh_bridge.server.port), timeout=TIMEOUT) as sock:
         sock.sendall(request + client_frame(OP_BINARY, b"first") + second[:300])

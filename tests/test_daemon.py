@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import RecordingTarget, echo_roundtrip, wait_until
-from tests.support import REPO, TIMEOUT
+from tests.bridge_support import RecordingTarget, echo_roundtrip
+from tests.support import REPO, TIMEOUT, run_websockify, wait_until
 from websockify.errors import EXIT_STARTUP_FAILURE
 
 
@@ -23,11 +23,6 @@ def target() -> Iterator[RecordingTarget]:
     yield server
     server.close()
 
-
-def run_websockify(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "websockify", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=TIMEOUT,
-                          stdin=subprocess.DEVNULL)
 
 
 def alive(pid: int) -> bool:

@@ -27,9 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import wait_until
 from tests.deb_support import ThrowawayRoot, build_deb
-from tests.support import LISTENING, REPO
+from tests.support import LISTENING, REPO, wait_until
 from websockify import __version__
 from websockify.cli import build_parser
 

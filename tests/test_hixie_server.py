@@ -33,6 +33,7 @@ from tests.support import (
     echo,
     read_http_head,
     recv_exact,
+    wait_until,
     websockify,
 )
 
@@ -327,10 +328,7 @@ def test_close_handshake_is_answered_and_closes_the_target(
         finally:
             client.close()
         target_side = echo_target.connections[0]
-        deadline = time.monotonic() + TIMEOUT
-        while target_side.fileno() != -1 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert target_side.fileno() == -1, "the target connection was not closed"
+        wait_until(lambda: target_side.fileno() == -1, "the target connection to be closed")
 
 
 # ---------------------------------------------------------------- refusals

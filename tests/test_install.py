@@ -29,9 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import wait_until
-from tests.launcher_support import build_rebind, echo_server, ws_roundtrip
-from tests.support import REPO, TIMEOUT, TcpServer, Websockify
+from tests.launcher_support import echo_server, ws_roundtrip
+from tests.support import REPO, TIMEOUT, TcpServer, Websockify, wait_until
 from websockify import __version__
 
 pytestmark = pytest.mark.slow
@@ -153,7 +152,8 @@ def test_wheel_install_relays_and_wraps_with_its_shim(
 
 
 def test_sdist_installs_without_a_compiler_and_wrap_mode_says_what_is_missing(
-        dists: dict[str, Path], tmp_path: Path, echo_target: TcpServer) -> None:
+        dists: dict[str, Path], tmp_path: Path, echo_target: TcpServer,
+        rebind: Path) -> None:
     bin_dir = fresh_venv(tmp_path / "venv")
     # Only the venv on PATH and no $CC: no C compiler can be found.
     no_compiler = {k: v for k, v in os.environ.items() if k != "CC"}
@@ -170,7 +170,7 @@ def test_sdist_installs_without_a_compiler_and_wrap_mode_says_what_is_missing(
     assert wrap.returncode == 3, wrap.stderr  # a start-up failure (errors.EXIT_STARTUP_FAILURE)
     assert "rebind.so shim is missing" in wrap.stderr
     assert "--rebind FILE" in wrap.stderr
-    assert_wrap_mode_works(bin_dir, tmp_path, "--rebind", str(build_rebind(tmp_path)))
+    assert_wrap_mode_works(bin_dir, tmp_path, "--rebind", str(rebind))
 
 
 def readme_block(heading: str) -> str:

@@ -21,7 +21,6 @@ import pytest
 from tests.launcher_support import (
     REPO,
     accepts,
-    build_rebind,
     build_static_echo,
     daemonized,
     descendants,
@@ -29,7 +28,6 @@ from tests.launcher_support import (
     exists,
     free_port,
     read_pids,
-    wait_until,
     ws_roundtrip,
     ws_send,
     zombies_of,
@@ -39,20 +37,17 @@ from tests.support import (
     TcpServer,
     Websockify,
     close_code,
+    http_status,
     open_websocket,
     read_server_frame,
     recv_exact,
+    wait_until,
     websockify,
 )
 from websockify import launcher
 from websockify.errors import LauncherError
 from websockify.launcher.listener_report import Listener, parse_report
 from websockify.settings import TcpAddress, UnixAddress
-
-
-@pytest.fixture(scope="module")
-def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_rebind(tmp_path_factory.mktemp("rebind"))
 
 
 def wrap(tmp_path: Path, rebind: Path, *command: str, options: tuple[str, ...] = (),
@@ -66,7 +61,7 @@ def refused_with(port: int) -> int | None:
     """The close code websockify answers a client with when it has no target."""
     sock, head = open_websocket(port)
     try:
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
+        assert http_status(head) == 101, head
         opcode, _, payload = read_server_frame(sock)
         assert opcode == 0x8
         return close_code(payload)

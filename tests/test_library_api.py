@@ -21,15 +21,13 @@ from websockets.exceptions import ConnectionClosed
 
 from tests.bridge_support import (
     echo_roundtrip,
-    raw_request,
     recv_bytes,
     unix_echo_server,
-    wait_until,
     ws_connect,
     ws_unix_connect,
 )
 from tests.library_support import library_proxy, python_modules_after
-from tests.support import TIMEOUT, TcpServer
+from tests.support import TIMEOUT, TcpServer, raw_request, upgrade_request, wait_until
 from websockify.errors import ConfigError
 from websockify.websocketproxy import (
     ProxyRequestHandler,
@@ -129,7 +127,8 @@ def test_token_plugin_by_name_picks_each_connections_target(tmp_path: Path,
                            token_source=source) as proxy:
             for token in ("tcp", "unix", "tcp"):
                 echo_roundtrip_path(proxy.port, f"/?token={token}", token.encode())
-            status, _, _ = raw_request(proxy.port, _upgrade_request("/?token=nope"))
+            request = upgrade_request(protocols=None, path="/?token=nope")
+            status, _, _ = raw_request(proxy.port, request)
             assert status == 403
             echo_roundtrip_path(proxy.port, "/?token=unix", b"still serving")
     finally:
@@ -140,12 +139,6 @@ def echo_roundtrip_path(port: int, path: str, payload: bytes) -> None:
     with ws_connect(port, path=path) as ws:
         ws.send(payload)
         assert recv_bytes(ws, len(payload)) == payload
-
-
-def _upgrade_request(path: str) -> bytes:
-    return (f"GET {path} HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n").encode()
 
 
 def test_unix_listen_and_unix_target(tmp_path: Path) -> None:
@@ -250,7 +243,7 @@ def test_auth_plugin_refusal_is_an_http_answer(echo_target: TcpServer) -> None:
     pytest.importorskip("websockify.auth_plugins")
     with library_proxy("fork", auth_plugin="BasicHTTPAuth", auth_source="user:secret",
                        target_host="127.0.0.1", target_port=echo_target.port) as proxy:
-        status, head, _ = raw_request(proxy.port, _upgrade_request("/"))
+        status, head, _ = raw_request(proxy.port, upgrade_request(protocols=None, path="/"))
         assert status == 401
         assert b"WWW-Authenticate" in head
         with ws_connect(proxy.port, additional_headers={

@@ -18,20 +18,24 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.bridge_support import (
+from tests.bridge_support import RecordingTarget
+from tests.library_support import library_proxy
+from tests.support import (
     OP_BINARY,
     OP_CLOSE,
     OP_CONT,
     OP_PING,
     OP_TEXT,
+    TIMEOUT,
     FrameReader,
-    RecordingTarget,
+    client_frame,
     http_header,
+    open_websocket,
     raw_request,
+    read_http_head,
     wait_until,
+    websockify,
 )
-from tests.library_support import library_proxy
-from tests.support import TIMEOUT, client_frame, open_websocket, read_http_head, websockify
 
 MAX_MESSAGE = 4096
 

@@ -14,21 +14,22 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bridge_support import (
-    abort,
-    echo_roundtrip,
-    fd_count,
-    raw_request,
-    wait_until,
-    ws_connect,
-)
+from tests.bridge_support import abort, echo_roundtrip, fd_count, ws_connect
 from tests.library_support import LibraryProxy, child_pids, library_proxy
-from tests.support import TIMEOUT, TcpServer, read_http_head
+from tests.support import (
+    TIMEOUT,
+    TcpServer,
+    echo,
+    raw_request,
+    read_http_head,
+    read_until_closed,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
 def proxy() -> Iterator[LibraryProxy]:
-    target = TcpServer(_echo)
+    target = TcpServer(echo)
     with library_proxy("fork", target_host="127.0.0.1", target_port=target.port,
                        handshake_timeout=1) as server:
         echo_roundtrip(server.port)
@@ -37,29 +38,10 @@ def proxy() -> Iterator[LibraryProxy]:
     target.close()
 
 
-def _echo(conn: socket.socket) -> None:
-    while data := conn.recv(65536):
-        conn.sendall(data)
-
-
 def _settled(server: LibraryProxy) -> int:
     """Wait until every child is reaped; returns the server's descriptor count."""
     wait_until(lambda: not child_pids(server.process.pid), "every child to be reaped")
     return fd_count(server.process.pid)
-
-
-def _read_until_closed(sock: socket.socket) -> bytes:
-    """Everything the server sends until it hangs up (a reset counts); bounded by TIMEOUT."""
-    sock.settimeout(TIMEOUT)
-    received = bytearray()
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    except TimeoutError as error:
-        raise AssertionError(f"the server kept the connection open for {TIMEOUT}s") from error
-    return bytes(received)
 
 
 def _connect(server: LibraryProxy) -> socket.socket:
@@ -107,7 +89,7 @@ def test_bad_client_is_dropped_and_the_server_stays_clean(proxy: LibraryProxy,
     descriptors = _settled(proxy)
     with _connect(proxy) as sock:
         behaviour(sock)
-        answer = _read_until_closed(sock)
+        answer = read_until_closed(sock)
     # Nothing, an HTTP 4xx answer, or (for a request line without a version, which
     # http.server takes for HTTP/0.9) the 400 page without a status line.
     assert not answer or re.match(rb"HTTP/1\.[01] 4\d\d ", answer) or (
@@ -159,7 +141,7 @@ def test_a_request_trickling_in_is_dropped_at_the_deadline(proxy: LibraryProxy) 
         sender = threading.Thread(target=trickle, daemon=True)
         sender.start()
         try:
-            assert _read_until_closed(sock) == b""  # dropped: 1 s deadline, bounded wait
+            assert read_until_closed(sock) == b""  # dropped: 1 s deadline, bounded wait
         finally:
             stop.set()
             sender.join(TIMEOUT)

@@ -23,20 +23,22 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
-from tests.bridge_support import (
+from tests.bridge_support import FloodTarget, recv_bytes, ws_connect, ws_unix_connect
+from tests.library_support import child_pids, library_proxy
+from tests.support import (
     OP_BINARY,
     OP_PING,
-    FloodTarget,
+    TIMEOUT,
     FrameReader,
-    recv_bytes,
+    TcpServer,
+    client_frame,
+    echo,
+    open_websocket,
     send_close,
     upgrade,
     wait_until,
-    ws_connect,
-    ws_unix_connect,
 )
-from tests.library_support import child_pids, library_proxy, self_signed_certificate
-from tests.support import TIMEOUT, TcpServer, client_frame, echo, open_websocket
+from tests.tls_support import self_signed
 from websockify.websocketproxy import ProxyRequestHandler, WebSocketProxy
 
 START_METHODS = ["fork", "spawn", "forkserver"]
@@ -108,7 +110,7 @@ class TokenProxy(WebSocketProxy):
 
 @pytest.fixture(scope="module")
 def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    return self_signed_certificate(tmp_path_factory.mktemp("tls"))
+    return self_signed(tmp_path_factory.mktemp("tls"), "localhost")
 
 
 @pytest.fixture

@@ -13,8 +13,16 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.bridge_support import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, FrameReader
-from tests.support import TIMEOUT, client_frame, read_http_head
+from tests.support import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    TIMEOUT,
+    FrameReader,
+    client_frame,
+    read_http_head,
+)
 from websockify.errors import HandshakeError
 from websockify.websocket import WebSocket, WebSocketWantReadError, WebSocketWantWriteError
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import RecordingTarget, echo_roundtrip, wait_exit, wait_until
-from tests.support import REPO, TIMEOUT, websockify
+from tests.bridge_support import RecordingTarget, echo_roundtrip, wait_exit
+from tests.support import run_websockify, wait_until, websockify
 from websockify import cli
 from websockify.errors import EXIT_STARTUP_FAILURE, EXIT_USAGE, ConfigError
 from websockify.readiness import write_atomically
@@ -28,12 +27,6 @@ def target() -> Iterator[RecordingTarget]:
     yield server
     server.close()
 
-
-def run_websockify(*args: str) -> subprocess.CompletedProcess[str]:
-    """A websockify that is expected to exit by itself (a start-up failure)."""
-    return subprocess.run([sys.executable, "-m", "websockify", *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=TIMEOUT,
-                          stdin=subprocess.DEVNULL)
 
 
 def test_port_file_holds_the_chosen_port_and_goes_at_exit(

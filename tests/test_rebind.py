@@ -18,13 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.launcher_support import build_rebind, free_port, wait_until
-from tests.support import TIMEOUT, TcpServer, echo
-
-
-@pytest.fixture(scope="module")
-def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_rebind(tmp_path_factory.mktemp("rebind"))
+from tests.launcher_support import build_rebind, free_port
+from tests.support import TIMEOUT, TcpServer, echo, wait_until
 
 
 @pytest.fixture

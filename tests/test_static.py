@@ -20,7 +20,6 @@ import stat
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, TIMEOUT, read_http_head
+from tests.support import REPO, TIMEOUT, read_http_head, stop_process, wait_until
 from websockify.errors import ConfigError
 from websockify.static import StaticFiles
 
@@ -104,12 +103,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerFactory]:
 
     yield start
     for server in servers:
-        server.proc.terminate()
-        try:
-            server.proc.wait(TIMEOUT)
-        except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait(TIMEOUT)
+        stop_process(server.proc)
         assert server.proc.stdout is not None
         # Nothing but the port line on stdout: the module logs, it never prints.
         assert server.proc.stdout.read() == b""
@@ -265,16 +259,6 @@ def open_descriptors(pid: int, path: Path) -> int:
     return count
 
 
-def wait_until(condition: Callable[[], bool]) -> bool:
-    """Poll ``condition`` for up to TIMEOUT seconds."""
-    deadline = time.monotonic() + TIMEOUT
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc")
 @pytest.mark.parametrize("kind", ["gevent", "wsgiref"])
 def test_file_is_streamed_and_closed_when_client_hangs_up(
@@ -289,9 +273,11 @@ def test_file_is_streamed_and_closed_when_client_hangs_up(
         sock.sendall(b"GET /big.bin HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_http_head(sock).startswith(b"HTTP/1.")
         assert sock.recv(1024)
-        assert wait_until(lambda: open_descriptors(server.proc.pid, big) == 1)
+        wait_until(lambda: open_descriptors(server.proc.pid, big) == 1,
+                   "the server to hold big.bin open mid-transfer")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    assert wait_until(lambda: open_descriptors(server.proc.pid, big) == 0), server.log()
+    wait_until(lambda: open_descriptors(server.proc.pid, big) == 0,
+               "the server to close big.bin after the hang-up")
     # ... and the server is still serving.
     assert request(server.port, "/")[0] == 200
 

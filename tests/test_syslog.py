@@ -8,16 +8,13 @@ import os
 import re
 import signal
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from tests.bridge_support import wait_until
-from tests.support import REPO, TIMEOUT, websockify
+from tests.support import TIMEOUT, run_websockify, wait_until, websockify
 from websockify.errors import EXIT_STARTUP_FAILURE
 from websockify.syslog import (
     LOG_USER,
@@ -159,10 +156,8 @@ def test_legacy_syslog_over_a_unix_datagram_socket(tmp_path: Path) -> None:
 def test_a_daemon_logs_with_the_daemon_facility(tmp_path: Path) -> None:
     path, pid_file = str(tmp_path / "log.sock"), tmp_path / "pid"
     with receiver(socket.AF_UNIX, path) as sock:
-        done = subprocess.run(
-            [sys.executable, "-m", "websockify", "-D", "--pid-file", str(pid_file),
-             "--syslog", path, "127.0.0.1:0", "127.0.0.1:1"],
-            cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+        done = run_websockify("-D", "--pid-file", str(pid_file),
+                              "--syslog", path, "127.0.0.1:0", "127.0.0.1:1")
         assert done.returncode == 0, done.stderr
         pid = int(pid_file.read_text())
         try:
@@ -173,10 +168,7 @@ def test_a_daemon_logs_with_the_daemon_facility(tmp_path: Path) -> None:
 
 
 def test_a_syslog_socket_that_is_not_there_is_a_start_up_failure(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "websockify", "--syslog", str(tmp_path / "no-log"),
-         "127.0.0.1:0", "127.0.0.1:1"],
-        cwd=REPO, capture_output=True, text=True, timeout=TIMEOUT, stdin=subprocess.DEVNULL)
+    done = run_websockify("--syslog", str(tmp_path / "no-log"), "127.0.0.1:0", "127.0.0.1:1")
     assert done.returncode == EXIT_STARTUP_FAILURE
     assert done.stderr == f"websockify: error: --syslog {tmp_path / 'no-log'}: " \
                           "No such file or directory\n"

@@ -26,10 +26,9 @@ from tests.bridge_support import (
     echo_roundtrip,
     recv_bytes,
     wait_exit,
-    wait_until,
     ws_unix_connect,
 )
-from tests.support import REPO, TIMEOUT, Websockify, websockify
+from tests.support import REPO, TIMEOUT, Websockify, wait_until, websockify
 from websockify.systemd import Notifier, listen_fds
 
 

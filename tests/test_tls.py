@@ -22,21 +22,22 @@ from pathlib import Path
 import pytest
 import websockets
 
-from tests.bridge_support import (
+from tests.bridge_support import echo_roundtrip, recv_bytes, wait_exit, ws_connect
+from tests.service_support import free_loopback_port
+from tests.support import (
     OP_BINARY,
+    TIMEOUT,
     FrameReader,
-    echo_roundtrip,
+    TcpServer,
+    client_frame,
     http_header,
     http_status,
     raw_request,
-    recv_bytes,
+    read_http_head,
     upgrade,
-    wait_exit,
     wait_until,
-    ws_connect,
+    websockify,
 )
-from tests.service_support import free_loopback_port
-from tests.support import TIMEOUT, TcpServer, client_frame, read_http_head, websockify
 from tests.test_hixie_server import HixieClient, frame
 from tests.tls_support import Pki, TlsEchoTarget, der_of, self_signed, served_certificate
 from websockify import cli

@@ -18,18 +18,9 @@ import pytest
 import websockets
 from jwcrypto import jwk, jwt
 
-from tests.bridge_support import (
-    echo_roundtrip,
-    http_status,
-    recv_bytes,
-    unix_echo_server,
-    upgrade,
-    wait_exit,
-    wait_until,
-    ws_connect,
-)
+from tests.bridge_support import echo_roundtrip, recv_bytes, unix_echo_server, wait_exit, ws_connect
 from tests.service_support import redis_server, token_api
-from tests.support import TIMEOUT, TcpServer, echo, websockify
+from tests.support import TIMEOUT, TcpServer, echo, http_status, upgrade, wait_until, websockify
 from tests.test_wsgi_gunicorn import OUR_WORKER, STOCK_WORKER, gunicorn
 from tests.tls_support import Pki
 from websockify.token_plugins import (

@@ -19,7 +19,6 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,15 +26,15 @@ from typing import Any
 
 import pytest
 
-from tests.launcher_support import (
-    build_rebind,
-    descendants,
-    exists,
-    free_port,
-    port_is_free,
+from tests.launcher_support import descendants, exists, free_port, port_is_free
+from tests.support import (
+    TIMEOUT,
+    Websockify,
+    http_status,
+    open_websocket,
+    read_server_frame,
     wait_until,
 )
-from tests.support import TIMEOUT, Websockify, open_websocket, read_server_frame
 
 pytestmark = pytest.mark.slow
 
@@ -67,11 +66,6 @@ def free_display() -> int:
                 or Path(f"/tmp/.X11-unix/X{number}").exists()):
             return number
     raise AssertionError("no free X display between :40 and :99")
-
-
-@pytest.fixture(scope="module")
-def rebind(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_rebind(tmp_path_factory.mktemp("rebind"))
 
 
 @pytest.fixture
@@ -106,11 +100,10 @@ def chromium_driver(tmp_path: Path, *extra_flags: str) -> Iterator[Any]:
 
 def paint_root(display: int, colour: str) -> None:
     """xsetroot -solid, retried until the X server accepts connections (bounded)."""
-    deadline = time.monotonic() + TIMEOUT
-    while subprocess.run(["xsetroot", "-display", f":{display}", "-solid", colour],
-                         capture_output=True, timeout=TIMEOUT, check=False).returncode:
-        assert time.monotonic() < deadline, f"X display :{display} never accepted xsetroot"
-        time.sleep(0.1)
+    wait_until(lambda: subprocess.run(["xsetroot", "-display", f":{display}", "-solid", colour],
+                                      capture_output=True, timeout=TIMEOUT,
+                                      check=False).returncode == 0,
+               f"X display :{display} to accept xsetroot", interval=0.1)
 
 
 def canvas_shows(driver: Any, width: int, height: int, rgb: tuple[int, int, int]) -> None:
@@ -174,7 +167,7 @@ def test_vncserver_session_is_followed_and_stopped_by_pid(
         server.wait_for_log(r"wrapped command \(pid \d+\) exited with status 0")
         sock, head = open_websocket(server.port)
         with sock:
-            assert b" 101 " in head.split(b"\r\n", 1)[0], head
+            assert http_status(head) == 101, head
             assert read_server_frame(sock)[2].startswith(b"RFB 003.0")
         def session_names() -> set[str]:
             names = set()
@@ -225,7 +218,7 @@ def test_a_server_started_from_a_terminal_in_the_desktop_keeps_its_port(
                    f"the terminal's web server on port {port}", timeout=2 * TIMEOUT)
         sock, head = open_websocket(server.port)
         with sock:
-            assert b" 101 " in head.split(b"\r\n", 1)[0], head
+            assert http_status(head) == 101, head
             assert read_server_frame(sock)[2].startswith(b"RFB 003.0")
         moved = [line for line in server.log().splitlines() if "listens on port" in line]
         assert moved and all(f"port {5900 + display}," in line for line in moved), moved

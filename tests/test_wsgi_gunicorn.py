@@ -12,7 +12,6 @@ import base64
 import contextlib
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from tests.support import (
     read_http_head,
     read_server_frame,
     recv_exact,
+    stop_process,
     websockify,
 )
 
@@ -75,13 +75,7 @@ class Gunicorn:
         raise AssertionError(f"gunicorn did not start:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(TIMEOUT)
+        stop_process(self.proc)
 
 
 @contextmanager
