@@ -113,11 +113,27 @@ def stop_process(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> int:
     return reap(proc)
 
 
+def _websockify_command() -> list[str]:
+    """The ``websockify`` console script beside the interpreter running the tests
+    (make test's .venv installs it); ``python -m websockify`` where there is none
+    (the Debian-python run, which tests the source tree on Debian's own gevent)."""
+    script = Path(sys.executable).with_name("websockify")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "websockify"]
+
+
+WEBSOCKIFY_COMMAND = _websockify_command()
+#: The environment in which the installed command finds plugins of the tests package
+#: by dotted path, as a user's own plugin module must be on PYTHONPATH.
+PLUGIN_PATH = {"PYTHONPATH": str(REPO)}
+
+
 class Websockify:
     """A websockify subprocess started from the command line, as a user would.
 
-    ``program`` replaces ``python -m websockify`` (an installed websockify, run from
-    ``cwd`` outside the tree, or a launcher that execs it); ``pass_fds`` are
+    By default it is the ``websockify`` command the venv installed (its console-script
+    entry point, as users run it; see :func:`_websockify_command`).  ``program``
+    replaces it (an installed websockify, run from ``cwd`` outside the tree, or a
+    launcher that execs it); ``pass_fds`` are
     descriptors it inherits.  Its log goes to a file (never a pipe that could fill);
     ``port`` is read from the "listening on" line.
     """
@@ -134,7 +150,7 @@ class Websockify:
         if env:
             full_env.update(env)
         self.proc = subprocess.Popen(
-            [*(program or [sys.executable, "-m", "websockify"]), *args],
+            [*(program or WEBSOCKIFY_COMMAND), *args],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=stdin or subprocess.DEVNULL,
             cwd=cwd, env=full_env, pass_fds=pass_fds,
         )

@@ -9,7 +9,7 @@ import pytest
 import websockets
 
 from tests.bridge_support import echo_roundtrip, wait_exit, ws_connect
-from tests.support import TcpServer, http_header, raw_request, websockify
+from tests.support import PLUGIN_PATH, TcpServer, http_header, raw_request, websockify
 from websockify.auth_plugins import (
     AuthenticationError,
     BasicHTTPAuth,
@@ -113,7 +113,8 @@ def test_upstream_style_auth_plugin_by_dotted_path(tmp_path: Path,
                                                    echo_target: TcpServer) -> None:
     with websockify(tmp_path, "--auth-plugin", "tests.upstream_style_plugins.TeapotAuth",
                     "--auth-source", "xyzzy", "127.0.0.1:0",
-                    f"127.0.0.1:{echo_target.port}") as server:
+                    f"127.0.0.1:{echo_target.port}",
+                    env=PLUGIN_PATH) as server:
         teapot = refused(server.port, additional_headers={"X-Magic": "wrong"})
         assert teapot.status_code == 418
         assert teapot.headers["X-Teapot"] == "short and stout"

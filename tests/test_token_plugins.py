@@ -20,7 +20,16 @@ from jwcrypto import jwk, jwt
 
 from tests.bridge_support import echo_roundtrip, recv_bytes, unix_echo_server, wait_exit, ws_connect
 from tests.service_support import redis_server, token_api
-from tests.support import TIMEOUT, TcpServer, echo, http_status, upgrade, wait_until, websockify
+from tests.support import (
+    PLUGIN_PATH,
+    TIMEOUT,
+    TcpServer,
+    echo,
+    http_status,
+    upgrade,
+    wait_until,
+    websockify,
+)
 from tests.test_wsgi_gunicorn import OUR_WORKER, STOCK_WORKER, gunicorn
 from tests.tls_support import Pki
 from websockify.token_plugins import (
@@ -356,7 +365,8 @@ def test_jwt_tokens_through_the_server(tmp_path: Path, rsa_key: jwk.JWK,
 def test_upstream_style_plugin_by_dotted_path(tmp_path: Path,
                                               targets: tuple[TcpServer, TcpServer]) -> None:
     with websockify(tmp_path, "--token-plugin", "tests.upstream_style_plugins.PrefixTokens",
-                    "--token-source", "port-", "127.0.0.1:0") as server:
+                    "--token-source", "port-", "127.0.0.1:0",
+                    env=PLUGIN_PATH) as server:
         assert greeting_echo(server.port, f"/?token=port-{targets[1].port}") == b"ping"
         assert refused_status(server.port, "/?token=other") == 403
 
