@@ -197,7 +197,7 @@ def root(tmp_path: Path) -> Iterator[ThrowawayRoot]:
 #: WebSocket (RFB 3.8 handshake, security None, up to the server's framebuffer size),
 #: then the port the rebind command moved.
 CLIENT = """
-import json, socket, struct
+import json, socket, struct, time
 from tests.support import client_frame, open_websocket, read_server_frame
 http = socket.create_connection(("127.0.0.1", 6080), timeout=10)
 http.sendall(b"GET /vnc.html HTTP/1.0\\r\\n\\r\\n")
@@ -215,7 +215,15 @@ sock.sendall(client_frame(0x2, b"\\x01"))
 security = struct.unpack("!I", read(4))[0]
 sock.sendall(client_frame(0x2, b"\\x01"))
 width, height = struct.unpack("!HH", read(4))
-echo = socket.create_connection(("127.0.0.1", 5911), timeout=10)
+deadline = time.monotonic() + 10  # `rebind`'s program may still be starting
+while True:
+    try:
+        echo = socket.create_connection(("127.0.0.1", 5911), timeout=10)
+        break
+    except ConnectionRefusedError:
+        if time.monotonic() > deadline:
+            raise
+        time.sleep(0.05)
 echo.sendall(b"moved")
 print(json.dumps({"page": status, "upgrade": head.split(b"\\r\\n")[0].decode(),
                   "greeting": greeting, "offered": list(offered), "security": security,
