@@ -82,6 +82,28 @@ def load_plugin(plugin: Any, package: str, source: Any = None) -> Any:
     return plugin_class(source)
 
 
+class _TargetPart:
+    """One part of a connection's target (upstream's handler attribute of that name).
+
+    Set on the handler, it is that connection's alone; unset, it reads the server's,
+    as upstream's subclasses expect.  Upstream writes a token's target onto the shared
+    server instead, which is harmless only because each connection is its own process.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, handler: Any, owner: type | None = None) -> Any:
+        if handler is None:
+            return self
+        if self.name in handler._target:
+            return handler._target[self.name]
+        return getattr(handler.server, self.name, None)
+
+    def __set__(self, handler: Any, value: Any) -> None:
+        handler._target[self.name] = value
+
+
 class ProxyRequestHandler(WebSockifyRequestHandler):
     """Relays one WebSocket client to one target socket."""
 
@@ -109,34 +131,9 @@ Traffic Legend:
 
     # -- the target: this connection's choice (token plugin, subclass), else the server's ----
 
-    def _target_part(self, name: str) -> Any:
-        if name in self._target:
-            return self._target[name]
-        return getattr(self.server, name, None)
-
-    @property
-    def target_host(self) -> Any:
-        return self._target_part("target_host")
-
-    @target_host.setter
-    def target_host(self, value: Any) -> None:
-        self._target["target_host"] = value
-
-    @property
-    def target_port(self) -> Any:
-        return self._target_part("target_port")
-
-    @target_port.setter
-    def target_port(self, value: Any) -> None:
-        self._target["target_port"] = value
-
-    @property
-    def unix_target(self) -> Any:
-        return self._target_part("unix_target")
-
-    @unix_target.setter
-    def unix_target(self, value: Any) -> None:
-        self._target["unix_target"] = value
+    target_host = _TargetPart()
+    target_port = _TargetPart()
+    unix_target = _TargetPart()
 
     def validate_connection(self) -> None:
         """Look the connection's token up with the server's token plugin, if it has one."""
